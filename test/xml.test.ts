@@ -259,7 +259,7 @@ test('writer: escapes the uuid, omits metadata_snap unless asked', async (t) => 
 test('writer: 1M mappings dump in a couple of seconds', (t) => {
   let bytes = 0;
   const start = performance.now();
-  const w = new XmlDumpWriter((c) => { bytes += c.length; });
+  const w = new XmlDumpWriter((c) => { bytes += Buffer.byteLength(c); });
   w.superblockBegin({ uuid: '', time: 3, transaction: 7n, flags: 0, version: 2, dataBlockSize: 128, nrDataBlocks: 1 << 22 });
   w.deviceBegin({ devId: 1, mappedBlocks: 1_000_000, transaction: 0n, creationTime: 0, snapTime: 0 });
   for (let i = 0; i < 1_000_000; i++) w.mapping({ originBlock: i, dataBlock: (i * 7919) % 1_000_003, time: i & 3 });
@@ -333,7 +333,7 @@ const BAD: [string, string, RegExp][] = [
   ['nested device', `${SB}\n${DEV}\n${DEV}</device></device></superblock>`, /line 3: <device> must be directly inside <superblock>, found in <device>/],
   ['mapping in mapping', `${SB}\n${DEV}\n<single_mapping origin_block="1" data_block="7" time="1"><single_mapping origin_block="2" data_block="8" time="1"/></single_mapping></device></superblock>`, /found in <single_mapping>/],
   ['two superblocks', `${SB}</superblock>\n${SB}</superblock>`, /line 2: <superblock> must be the one top-level element/],
-  ['text content', `${SB}\n${DEV}\nhello\n</device></superblock>`, /unexpected text "hello"/],
+  ['text content', `${SB}\n${DEV}\nhello\n</device></superblock>`, /line 3: unexpected text "hello"/],
   ['malformed: unclosed', `${SB}\n${DEV}\n`, /malformed XML/],
   ['malformed: mismatched close', `${SB}\n${DEV}\n</superblock>\n</device>`, /line 3: malformed XML: Unexpected close tag/],
   ['malformed: bad attribute syntax', `${SB}\n<device dev_id=1>\n</device></superblock>`, /line 2: malformed XML/],

@@ -1,7 +1,7 @@
 import { ThinError } from '../base/errors.js';
 import { readU64, writeU64 } from '../base/le.js';
 import { META_BLOCK_SIZE, META_SECTORS, type DataBlock, type MetaBlock } from '../base/units.js';
-import { checksumMatches } from '../metadata/checksum.js';
+import { checksumMatches, sealBlock } from '../metadata/checksum.js';
 import { decodeSmRoot, encodeSmRoot, type SmRoot } from '../metadata/space-map/format.js';
 
 // dm-thin's own on-disk structures (drivers/md/dm-thin-metadata.c).
@@ -116,6 +116,7 @@ export function encodeSuperblock(sb: Superblock, at: MetaBlock = 0 as MetaBlock,
   buf.writeUInt32LE(sb.compatFlags, 352);
   buf.writeUInt32LE(sb.compatRoFlags, 356);
   buf.writeUInt32LE(sb.incompatFlags, 360);
+  sealBlock(buf, 'superblock');
   return buf;
 }
 

@@ -256,8 +256,7 @@ class DumpXmlParser {
     if (this.where !== 'done') this.fail('no <superblock> element');
   }
 
-  private fail(msg: string): never {
-    const line = this.sax.line + 1;
+  private fail(msg: string, line = this.sax.line + 1): never {
     throw new ThinError('BAD_XML', `thin_dump XML line ${line}: ${msg}`, { line });
   }
 
@@ -314,7 +313,10 @@ class DumpXmlParser {
 
   private text(t: string): void {
     if (/^\s*$/.test(t)) return;
-    this.fail(`unexpected text ${show(t.trim())}`);
+    // sax hands text over when the next tag starts; report where it began.
+    const body = t.trimStart();
+    const after = body.split('\n').length - 1;
+    this.fail(`unexpected text ${show(body.trimEnd())}`, this.sax.line + 1 - after);
   }
 
   private superblock(a: Attrs): void {
