@@ -33,9 +33,11 @@ export class PoolMetadata {
   msm!: MetadataSpaceMap;
   dsm!: DataSpaceMap;
   sb!: Superblock;
-  private top!: BTree;
-  private bottom!: BTree;
-  private detailsTree!: BTree;
+  /** Top level of the mapping tree: dev id -> root of the device's tree. */
+  top!: BTree;
+  /** Bottom level: virtual block -> packed (data block, time). */
+  bottom!: BTree;
+  detailsTree!: BTree;
   private details = new Map<number, DeviceDetails>();
   private changedDetails = new Set<number>();
   private removedDetails = new Set<number>();
@@ -200,6 +202,23 @@ export class PoolMetadata {
     this.touch();
   }
 
+  /** Adds a device with given details and an empty mapping tree (restore). */
+  restoreDevice(dev: DevId, d: DeviceDetails): void {
+    this.requireFree(dev);
+    const sub = emptyTree(this.bottom);
+    this.sb.mappingRoot = insert(this.top, this.sb.mappingRoot, dev, u64Value(sub));
+    this.setDetails(dev, { ...d, mappedBlocks: 0 });
+  }
+
+  /** Adds a mapping to a restored device, taking a new reference on the block. */
+  restoreMapping(dev: DevId, vb: VirtBlock, block: DataBlock, time: number): void {
+    if (block >= this.dsm.nrBlocks) {
+      throw new ThinError('BAD_XML', `mapping beyond end of data device (${block} >= ${this.dsm.nrBlocks})`);
+    }
+    this.dsm.inc(block);
+    this.insertMapping(dev, vb, block, time);
+  }
+
   setTransactionId(current: bigint, next: bigint): void {
     if (this.sb.transId !== current) {
       throw new ThinError('TRANSACTION_MISMATCH', `transaction id is ${this.sb.transId}, not ${current}; nothing was changed`, { actual: String(this.sb.transId) });
@@ -228,10 +247,10 @@ export class PoolMetadata {
   }
 
   /** Maps vb to a data block whose reference the tree takes over. */
-  insertMapping(dev: DevId, vb: VirtBlock, block: DataBlock): void {
+  insertMapping(dev: DevId, vb: VirtBlock, block: DataBlock, time = this.sb.time): void {
     const d = this.getDetails(dev);
     const existed = this.lookup(dev, vb) !== undefined;
-    const value = encodeBlockTime(block, this.sb.time);
+    const value = encodeBlockTime(block, time);
     this.sb.mappingRoot = update(this.top, this.sb.mappingRoot, dev, (v) => {
       writeU64(v, 0, insert(this.bottom, readU64(v, 0) as MetaBlock, vb, value));
     });

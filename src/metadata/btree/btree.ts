@@ -131,7 +131,9 @@ function placeEntry(t: BTree, buf: Buffer, i: number, key: number, value: Buffer
   }
   const right = t.tm.newBlock('node');
   initNode(right.buf, buf.readUInt32LE(4), buf.readUInt32LE(24));
-  const half = max >>> 1;
+  // Appending (sequential writes) leaves the left node two thirds full
+  // instead of half, keeping the right one at the minimum a node may hold.
+  const half = i >= max ? max - Math.floor(max / 3) : max >>> 1;
   moveTail(buf, half, right.buf);
   if (i <= half) insertAt(buf, i, key, value);
   else insertAt(right.buf, i - half, key, value);

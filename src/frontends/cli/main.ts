@@ -1,0 +1,325 @@
+#!/usr/bin/env node
+import { Command, CommanderError, Option } from 'commander';
+import { ThinError } from '../../base/errors.js';
+import { formatBytes, parseCount, parseSize } from '../../base/size.js';
+import { type DevId, MAX_DEV_ID } from '../../base/units.js';
+import { defaultConfig, type PoolConfig, readConfig, writeConfig } from '../../pool/config.js';
+import { Pool } from '../../pool/pool.js';
+import { poolStatus, statusLines } from '../../pool/status.js';
+import { checkBlockSize, checkDataSize, checkDeviceSize, checkMetadataSize } from '../../pool/validate.js';
+import { dumpCommand, restoreCommand, checkCommand } from './metadata-commands.js';
+import { makeOut, type Out, reportError, table } from './output.js';
+
+// The `thinfuse` command. Each action parses its arguments, opens the pool
+// (taking its lock), does one thing through the pool API, and prints the
+// result as text or as --json. Errors become one line and an exit status.
+
+interface Common {
+  json?: boolean;
+}
+
+async function withPool<T>(dir: string, fn: (pool: Pool) => Promise<T>): Promise<T> {
+  const pool = await Pool.open(dir, { oneShot: true });
+  try {
+    return await fn(pool);
+  } finally {
+    await pool.close();
+  }
+}
+
+function devIdArg(text: string): DevId {
+  return parseCount(text, 'dev id', MAX_DEV_ID) as DevId;
+}
+
+function deviceSize(text: string): number {
+  const n = parseSize(text, 'device size');
+  checkDeviceSize(n);
+  return n;
+}
+
+function run<A extends unknown[]>(fn: (out: Out, ...args: A) => Promise<void>) {
+  return async (...args: A) => {
+    const cmd = args[args.length - 1] as Command;
+    const out = makeOut(Boolean(cmd.optsWithGlobals<Common>().json));
+    try {
+      await fn(out, ...args);
+    } catch (e) {
+      process.exitCode = reportError(e, out.json);
+    }
+  };
+}
+
+function onOff(v: string): boolean {
+  if (v === 'on' || v === 'true' || v === '1') return true;
+  if (v === 'off' || v === 'false' || v === '0') return false;
+  throw new ThinError('EINVAL_ARG', `expected on or off, got '${v}'`);
+}
+
+//------------------------------------------------------------------------------
+
+function poolCommands(program: Command): void {
+  const pool = program.command('pool').description('create and configure pools');
+
+  pool.command('create <pool>')
+    .description('create a pool: POOL/data and POOL/metadata, sparse')
+    .option('--data-size <size>', 'data file size', '100G')
+    .option('--metadata-size <size>', 'metadata file size (2M..16G)', '2G')
+    .option('--block-size <size>', 'data block size (64k..1G, multiple of 64k)', '64k')
+    .option('--low-water-mark <blocks>', 'free data blocks that raise the low-water event', '0')
+    .option('--skip-block-zeroing', 'do not zero new blocks on partial writes')
+    .option('--error-if-no-space', 'fail writes at once when out of data space')
+    .option('--no-discard-passdown', 'unmap on discard but never punch holes in POOL/data')
+    .option('--ignore-discard', 'ignore discards')
+    .action(run(async (out, dir: string, o: Record<string, string | boolean>) => {
+      const blockSize = parseSize(String(o.blockSize), '--block-size');
+      checkBlockSize(blockSize);
+      const dataSize = parseSize(String(o.dataSize), '--data-size');
+      checkDataSize(dataSize, blockSize);
+      const metadataSize = parseSize(String(o.metadataSize), '--metadata-size');
+      checkMetadataSize(metadataSize);
+      const config = defaultConfig();
+      config.lowWaterMark = parseCount(String(o.lowWaterMark), '--low-water-mark');
+      config.features.skipBlockZeroing = Boolean(o.skipBlockZeroing);
+      config.features.errorIfNoSpace = Boolean(o.errorIfNoSpace);
+      config.features.noDiscardPassdown = o.discardPassdown === false;
+      config.features.ignoreDiscard = Boolean(o.ignoreDiscard);
+      const p = await Pool.create(dir, { dataSize, metadataSize, blockSize, config });
+      await p.close();
+      out.result({ pool: dir, dataSize, metadataSize, blockSize, nrDataBlocks: dataSize / blockSize, config },
+        [`created pool ${dir}: ${formatBytes(dataSize)} data in ${dataSize / blockSize} blocks of ${formatBytes(blockSize)}, ${formatBytes(metadataSize)} metadata`]);
+    }));
+
+  pool.command('set <pool>')
+    .description("change what dm keeps in the pool's table line (POOL/config)")
+    .option('--low-water-mark <blocks>', 'free data blocks that raise the low-water event')
+    .option('--no-space-timeout <seconds>', 'how long writes wait for space under queue_if_no_space (0 = forever)')
+    .option('--skip-block-zeroing <on|off>')
+    .option('--error-if-no-space <on|off>')
+    .option('--discard-passdown <on|off>')
+    .option('--ignore-discard <on|off>')
+    .option('--read-only <on|off>')
+    .action(run(async (out, dir: string, o: Record<string, string>) => {
+      const config: PoolConfig = await withPool(dir, async () => readConfig(dir));
+      if (o.lowWaterMark !== undefined) config.lowWaterMark = parseCount(o.lowWaterMark, '--low-water-mark');
+      if (o.noSpaceTimeout !== undefined) config.noSpaceTimeout = parseCount(o.noSpaceTimeout, '--no-space-timeout');
+      if (o.skipBlockZeroing !== undefined) config.features.skipBlockZeroing = onOff(o.skipBlockZeroing);
+      if (o.errorIfNoSpace !== undefined) config.features.errorIfNoSpace = onOff(o.errorIfNoSpace);
+      if (o.discardPassdown !== undefined) config.features.noDiscardPassdown = !onOff(o.discardPassdown);
+      if (o.ignoreDiscard !== undefined) config.features.ignoreDiscard = onOff(o.ignoreDiscard);
+      if (o.readOnly !== undefined) config.features.readOnly = onOff(o.readOnly);
+      await withPool(dir, async () => writeConfig(dir, config));
+      out.result(config, [JSON.stringify(config)]);
+    }));
+}
+
+function deviceCommands(program: Command): void {
+  program.command('message <pool> <message>')
+    .description('send a dm-thin pool message: create_thin ID, create_snap ID ORIGIN, delete ID, set_transaction_id CUR NEW, reserve_metadata_snap, release_metadata_snap')
+    .action(run(async (out, dir: string, msg: string) => {
+      await withPool(dir, (p) => p.message(msg));
+      out.result({ message: msg });
+    }));
+
+  program.command('activate <pool> <name>')
+    .description('name and size a device made by message (dmsetup create NAME --table "0 SECTORS thin POOL ID")')
+    .requiredOption('--dev-id <id>', 'thin device id')
+    .requiredOption('--size <size>', 'virtual size')
+    .action(run(async (out, dir: string, name: string, o: { devId: string; size: string }) => {
+      const d = await withPool(dir, (p) => p.activate(name, devIdArg(o.devId), deviceSize(o.size)));
+      out.result(d, [`activated ${d.name} (dev id ${d.devId}, ${formatBytes(d.size)})`]);
+    }));
+
+  program.command('create <pool> <name>')
+    .description('create a thin device')
+    .requiredOption('--size <size>', 'virtual size (may exceed the pool)')
+    .option('--dev-id <id>', 'thin device id (default: lowest free)')
+    .action(run(async (out, dir: string, name: string, o: { size: string; devId?: string }) => {
+      const size = deviceSize(o.size);
+      const d = await withPool(dir, (p) => p.createDevice(name, size, o.devId === undefined ? undefined : devIdArg(o.devId)));
+      out.result(d, [`created ${d.name} (dev id ${d.devId}, ${formatBytes(d.size)})`]);
+    }));
+
+  program.command('snapshot <pool> <origin> <name>')
+    .description('snapshot a thin device (O(1), any depth)')
+    .option('--size <size>', 'virtual size (default: the origin\'s)')
+    .action(run(async (out, dir: string, origin: string, name: string, o: { size?: string }) => {
+      const size = o.size === undefined ? undefined : deviceSize(o.size);
+      const d = await withPool(dir, (p) => p.snapshot(origin, name, size));
+      out.result(d, [`created snapshot ${d.name} of ${origin} (dev id ${d.devId})`]);
+    }));
+
+  program.command('remove <pool> <name>')
+    .description('delete a device and its name (lvremove)')
+    .action(run(async (out, dir: string, name: string) => {
+      await withPool(dir, (p) => p.remove(name));
+      out.result({ removed: name }, [`removed ${name}`]);
+    }));
+
+  program.command('deactivate <pool> <name>')
+    .description('drop only the name and size, keeping the data (dmsetup remove)')
+    .action(run(async (out, dir: string, name: string) => {
+      await withPool(dir, async (p) => p.deactivate(name));
+      out.result({ deactivated: name }, [`deactivated ${name}`]);
+    }));
+
+  program.command('ls <pool>')
+    .description('list thin devices: name, dev id, size, mapped, exclusive and shared bytes')
+    .action(run(async (out, dir: string) => {
+      const rows = await withPool(dir, async (p) => p.usage().map((u) => ({ ...u, blockSize: p.blockBytes })));
+      const bs = rows[0]?.blockSize ?? 0;
+      out.result(rows.map((r) => ({ name: r.name ?? null, devId: r.devId, size: r.size ?? null, mappedBytes: r.mappedBlocks * bs, exclusiveBytes: r.exclusiveBlocks * bs, sharedBytes: r.sharedBlocks * bs, mappedBlocks: r.mappedBlocks, exclusiveBlocks: r.exclusiveBlocks, sharedBlocks: r.sharedBlocks })),
+        table([['NAME', 'DEV', 'SIZE', 'MAPPED', 'EXCLUSIVE', 'SHARED'], ...rows.map((r) => [
+          r.name ?? '-', String(r.devId), r.size === undefined ? '-' : formatBytes(r.size),
+          formatBytes(r.mappedBlocks * bs), formatBytes(r.exclusiveBlocks * bs), formatBytes(r.sharedBlocks * bs),
+        ])]));
+    }));
+
+  program.command('status <pool>')
+    .description('dmsetup status lines for the pool and its named devices')
+    .action(run(async (out, dir: string) => {
+      const s = await withPool(dir, async (p) => {
+        await p.commit();
+        return poolStatus(p);
+      });
+      out.result(s, statusLines(s));
+    }));
+
+  program.command('info <pool>')
+    .description('pool facts: sizes, features, mode, low-water events, caches')
+    .action(run(async (out, dir: string) => {
+      const s = await withPool(dir, async (p) => ({ ...poolStatus(p), config: p.config, nrDataBlocks: p.md.nrDataBlocks, time: p.md.sb.time }));
+      out.result(s, [
+        `pool ${s.name}: ${s.nrDataBlocks} blocks of ${formatBytes(s.blockSize)}, ${s.data.used} used; metadata ${s.metadata.used}/${s.metadata.total} blocks`,
+        `mode ${s.mode}, ${s.discard}, ${s.noSpace}${s.needsCheck ? ', needs_check' : ''}; transaction ${s.transactionId}, time ${s.time}`,
+        `low water mark ${s.lowWaterMark} blocks, events ${s.lowWaterEvents}; metadata snapshot ${s.heldRoot ?? '-'}`,
+      ]);
+    }));
+}
+
+function ioCommands(program: Command): void {
+  program.command('read <pool> <name>')
+    .description('write device bytes to stdout')
+    .option('--offset <bytes>', 'start', '0')
+    .option('--length <bytes>', 'how many (default: to the end)')
+    .action(run(async (_out, dir: string, name: string, o: { offset: string; length?: string }) => {
+      await withPool(dir, async (p) => {
+        const d = p.device(name);
+        const offset = parseCount(o.offset, '--offset');
+        const length = o.length === undefined ? Math.max(0, d.size - offset) : parseCount(o.length, '--length');
+        if (offset + length > d.size) throw new ThinError('OUT_OF_RANGE', `read at ${offset}+${length} is past the end of ${name} (${d.size} bytes)`);
+        const chunk = 1 << 20;
+        for (let at = 0; at < length; at += chunk) {
+          const buf = Buffer.alloc(Math.min(chunk, length - at));
+          await p.read(d.devId, buf, offset + at, d.size, name);
+          if (!process.stdout.write(buf)) await new Promise((r) => process.stdout.once('drain', r));
+        }
+      });
+    }));
+
+  program.command('write <pool> <name>')
+    .description('write stdin to the device')
+    .option('--offset <bytes>', 'start', '0')
+    .action(run(async (out, dir: string, name: string, o: { offset: string }) => {
+      const written = await withPool(dir, async (p) => {
+        const d = p.device(name);
+        let at = parseCount(o.offset, '--offset');
+        const start = at;
+        for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
+          await p.write(d.devId, chunk, at, d.size, name);
+          at += chunk.length;
+        }
+        return at - start;
+      });
+      out.result({ written });
+    }));
+
+  program.command('discard <pool> <name>')
+    .description('discard a byte range (whole blocks are unmapped)')
+    .option('--offset <bytes>', 'start', '0')
+    .option('--length <bytes>', 'how many (default: to the end)')
+    .action(run(async (out, dir: string, name: string, o: { offset: string; length?: string }) => {
+      const n = await withPool(dir, async (p) => {
+        const d = p.device(name);
+        const offset = parseCount(o.offset, '--offset');
+        const length = o.length === undefined ? Math.max(0, d.size - offset) : parseCount(o.length, '--length');
+        return p.discard(d.devId, offset, length, d.size, name);
+      });
+      out.result({ unmappedBlocks: n }, [`unmapped ${n} blocks`]);
+    }));
+
+  program.command('resize <pool> [name]')
+    .description('grow the pool (--data-size, --metadata-size) or set a device size (NAME --size)')
+    .option('--data-size <size>')
+    .option('--metadata-size <size>')
+    .option('--size <size>', 'new device size')
+    .action(run(async (out, dir: string, name: string | undefined, o: { dataSize?: string; metadataSize?: string; size?: string }) => {
+      if (name !== undefined) {
+        if (o.size === undefined) throw new ThinError('EINVAL_ARG', 'resize POOL NAME needs --size');
+        const size = deviceSize(o.size);
+        const d = await withPool(dir, async (p) => p.resizeDevice(name, size));
+        out.result(d, [`${name} is now ${formatBytes(d.size)}`]);
+        return;
+      }
+      if (o.dataSize === undefined && o.metadataSize === undefined) throw new ThinError('EINVAL_ARG', 'resize POOL needs --data-size or --metadata-size');
+      await withPool(dir, async (p) => {
+        if (o.dataSize !== undefined) {
+          const n = parseSize(o.dataSize, '--data-size');
+          checkDataSize(n, p.blockBytes);
+          await p.resizeData(n);
+        }
+        if (o.metadataSize !== undefined) {
+          const n = parseSize(o.metadataSize, '--metadata-size');
+          checkMetadataSize(n);
+          await p.resizeMetadata(n);
+        }
+      });
+      out.result({ pool: dir }, [`resized ${dir}`]);
+    }));
+
+  program.command('trim <pool>')
+    .description('punch holes for every free data block')
+    .action(run(async (out, dir: string) => {
+      const n = await withPool(dir, (p) => p.trim());
+      out.result({ punchedBlocks: n }, [`punched ${n} free blocks`]);
+    }));
+}
+
+export function buildProgram(): Command {
+  const program = new Command('thinfuse')
+    .description('dm-thin thin provisioning in userspace: a pool in two sparse files')
+    .addOption(new Option('--json', 'print the result as JSON'))
+    .showHelpAfterError(false)
+    .exitOverride();
+  poolCommands(program);
+  deviceCommands(program);
+  ioCommands(program);
+  dumpCommand(program, run);
+  restoreCommand(program, run);
+  checkCommand(program, run);
+  for (const c of program.commands) {
+    c.addOption(new Option('--json', 'print the result as JSON'));
+    for (const s of c.commands) s.addOption(new Option('--json', 'print the result as JSON'));
+  }
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  program.configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith('error:') ? `thinfuse: ${s.slice(7)}` : s) });
+  for (const c of program.commands) c.exitOverride();
+  try {
+    await program.parseAsync(argv);
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      process.exitCode = e.exitCode === 0 ? 0 : 2;
+      return;
+    }
+    throw e;
+  }
+}
+
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+});
+
+await main(process.argv);

@@ -1,0 +1,70 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { ThinError } from '../base/errors.js';
+
+// What dm-thin keeps in its table line rather than in the metadata lives in
+// POOL/config (JSON). A pool directory without one (made by thin_restore, or
+// copied from a host with dm-thin) opens with the defaults.
+
+export interface PoolFeatures {
+  skipBlockZeroing: boolean;
+  ignoreDiscard: boolean;
+  noDiscardPassdown: boolean;
+  errorIfNoSpace: boolean;
+  readOnly: boolean;
+}
+
+export interface PoolConfig {
+  features: PoolFeatures;
+  /** In data blocks. */
+  lowWaterMark: number;
+  /** Seconds a write waits for space under queue_if_no_space; 0 = forever. */
+  noSpaceTimeout: number;
+}
+
+export const CONFIG_FILE = 'config';
+
+export function defaultConfig(): PoolConfig {
+  return {
+    features: { skipBlockZeroing: false, ignoreDiscard: false, noDiscardPassdown: false, errorIfNoSpace: false, readOnly: false },
+    lowWaterMark: 0,
+    noSpaceTimeout: 60,
+  };
+}
+
+export function readConfig(dir: string): PoolConfig {
+  const file = path.join(dir, CONFIG_FILE);
+  if (!fs.existsSync(file)) return defaultConfig();
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new ThinError('EINVAL_ARG', `${file} is not valid JSON (${(e as Error).message}); fix or remove it`);
+  }
+  const d = defaultConfig();
+  const r = raw as Partial<PoolConfig>;
+  return { features: { ...d.features, ...(r.features ?? {}) }, lowWaterMark: r.lowWaterMark ?? d.lowWaterMark, noSpaceTimeout: r.noSpaceTimeout ?? d.noSpaceTimeout };
+}
+
+export function writeConfig(dir: string, config: PoolConfig): void {
+  writeFileAtomic(path.join(dir, CONFIG_FILE), JSON.stringify(config, null, 2) + '\n');
+}
+
+/** Writes a small file so that a crash leaves either the old or the new one. */
+export function writeFileAtomic(file: string, text: string): void {
+  const tmp = `${file}.tmp`;
+  const fd = fs.openSync(tmp, 'w', 0o644);
+  try {
+    fs.writeSync(fd, text);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+  const dfd = fs.openSync(path.dirname(file), 'r');
+  try {
+    fs.fsyncSync(dfd);
+  } finally {
+    fs.closeSync(dfd);
+  }
+}

@@ -1,0 +1,691 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { isThinError, ThinError } from '../base/errors.js';
+import { Counter, KeyedLock } from '../base/keyed-lock.js';
+import { type DataBlock, type DevId, IO_CHUNK, META_BLOCK_SIZE, MAX_META_BLOCKS, SECTOR, type VirtBlock } from '../base/units.js';
+import type { BackingFile } from '../io/backing-file.js';
+import { FileBacking } from '../io/file-backing.js';
+import { lockPool, type PoolLock } from '../io/lock.js';
+import { CONFIG_FILE, type PoolConfig, readConfig, writeConfig } from './config.js';
+import { parseMessage, type PoolMessage } from './messages.js';
+import { PoolMetadata } from './pool-metadata.js';
+import { type NamedDevice, Registry } from './registry.js';
+
+// A thin pool with dm-thin's semantics over POOL/metadata and POOL/data.
+//
+// Concurrency: metadata changes are synchronous and so atomic within a tick.
+// Requests that touch one virtual block are ordered by a per-block lock (the
+// bio prison's role); everything else runs at once. A commit writes while
+// only requests that must change metadata wait (allocation, mapping insert,
+// discard); reads and in-place writes go on.
+
+export type PoolMode = 'write' | 'out_of_data_space' | 'read_only' | 'fail';
+
+export interface PoolOpenOptions {
+  /** Metadata block cache, in 4 KiB blocks. */
+  cacheBlocks?: number;
+  /** One-shot commands cannot wait for space: fail at once when full. */
+  oneShot?: boolean;
+  /** Wraps the backing files (fault injection, latency). */
+  wrap?: (file: BackingFile, which: 'data' | 'metadata') => BackingFile;
+}
+
+export interface PoolCreateOptions {
+  dataSize: number;
+  metadataSize: number;
+  blockSize: number;
+  config: PoolConfig;
+}
+
+export const DATA_FILE = 'data';
+export const METADATA_FILE = 'metadata';
+
+export interface DeviceUsage {
+  devId: DevId;
+  name: string | undefined;
+  size: number | undefined;
+  mappedBlocks: number;
+  exclusiveBlocks: number;
+  sharedBlocks: number;
+  highestMapped: number | undefined;
+}
+
+export class Pool {
+  readonly name: string;
+  readonly blockBytes: number;
+  mode: PoolMode = 'write';
+  lowWaterEvents = 0;
+  private lowWaterArmed = true;
+  private commitRunning: Promise<void> | undefined;
+  private readonly cells = new KeyedLock();
+  private readonly reading = new Counter<number>();
+  private readonly writing = new Map<number, number>();
+  private readonly suspended = new Map<number, Promise<void>>();
+  private readonly drained = new Map<number, () => void>();
+  private spaceWaiters: Array<() => void> = [];
+  private noSpaceExpired = false;
+  private noSpaceTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  private constructor(
+    readonly dir: string,
+    readonly md: PoolMetadata,
+    readonly data: BackingFile,
+    readonly config: PoolConfig,
+    readonly registry: Registry,
+    private readonly lock: PoolLock,
+    private readonly opts: PoolOpenOptions,
+  ) {
+    this.name = path.basename(path.resolve(dir));
+    this.blockBytes = md.dataBlockSize * SECTOR;
+    if (md.needsCheck || config.features.readOnly) this.mode = 'read_only';
+  }
+
+  //----------------------------------------------------------------------------
+  // create, open, close
+
+  static async create(dir: string, o: PoolCreateOptions, opts: PoolOpenOptions = {}): Promise<Pool> {
+    const metaPath = path.join(dir, METADATA_FILE);
+    const dataPath = path.join(dir, DATA_FILE);
+    if (fs.existsSync(metaPath) || fs.existsSync(dataPath)) {
+      throw new ThinError('POOL_EXISTS', `a pool already exists in ${dir}; remove it first or pick another directory`);
+    }
+    const madeDir = !fs.existsSync(dir);
+    fs.mkdirSync(dir, { recursive: true });
+    const lock = lockPool(dir);
+    const made: string[] = [];
+    try {
+      const meta = FileBacking.create(metaPath, o.metadataSize);
+      made.push(metaPath);
+      const data = FileBacking.create(dataPath, o.dataSize);
+      made.push(dataPath);
+      const wrap = opts.wrap ?? ((f) => f);
+      const md = PoolMetadata.format(wrap(meta, 'metadata'), o.blockSize / SECTOR, o.dataSize / o.blockSize, opts);
+      await md.commit(async () => {});
+      writeConfig(dir, o.config);
+      made.push(path.join(dir, CONFIG_FILE));
+      return new Pool(dir, md, wrap(data, 'data'), o.config, Registry.load(dir), lock, opts);
+    } catch (e) {
+      for (const f of made) fs.rmSync(f, { force: true });
+      lock.release();
+      fs.rmSync(path.join(dir, 'lock'), { force: true });
+      if (madeDir) fs.rmSync(dir, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  static async open(dir: string, opts: PoolOpenOptions = {}): Promise<Pool> {
+    const metaPath = path.join(dir, METADATA_FILE);
+    if (!fs.existsSync(metaPath)) {
+      throw new ThinError('POOL_MISSING', `no pool in ${dir} (no metadata file); create one with thinfuse pool create`);
+    }
+    const config = readConfig(dir);
+    const lock = lockPool(dir);
+    let meta: BackingFile | undefined;
+    let data: BackingFile | undefined;
+    try {
+      const wrap = opts.wrap ?? ((f) => f);
+      meta = wrap(FileBacking.open(metaPath, true), 'metadata');
+      const md = PoolMetadata.open(meta, opts);
+      data = wrap(FileBacking.open(path.join(dir, DATA_FILE), true), 'data');
+      if (data.size() < md.nrDataBlocks * md.dataBlockSize * SECTOR) {
+        throw new ThinError('BAD_SUPERBLOCK', `${dir}/data is shorter than the pool's ${md.nrDataBlocks} blocks; restore its length (truncate -s) before opening`);
+      }
+      const pool = new Pool(dir, md, data, config, Registry.load(dir), lock, opts);
+      await pool.reconcile();
+      return pool;
+    } catch (e) {
+      await meta?.close();
+      await data?.close();
+      lock.release();
+      throw e;
+    }
+  }
+
+  /** Finishes or drops an intent a crash left behind: only its dev id is looked at. */
+  private async reconcile(): Promise<void> {
+    const intent = this.registry.intent;
+    if (!intent) return;
+    const inMetadata = this.md.hasDevice(intent.device.devId);
+    if ((intent.op === 'add') === inMetadata) this.registry.finish();
+    else this.registry.cancel();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    try {
+      if (this.mode !== 'fail' && this.mode !== 'read_only') await this.commit();
+    } finally {
+      this.closed = true;
+      clearTimeout(this.noSpaceTimer);
+      this.failWaiters();
+      await this.md.file.close();
+      await this.data.close();
+      this.lock.release();
+    }
+  }
+
+  //----------------------------------------------------------------------------
+  // modes and errors
+
+  private requireWritable(): void {
+    if (this.mode === 'fail') throw new ThinError('POOL_FAILED', 'the pool has failed; close it and run thinfuse check');
+    if (this.mode === 'read_only') {
+      throw new ThinError('READ_ONLY', this.md.needsCheck
+        ? 'the pool is read-only with needs_check set; run thinfuse check and repair it'
+        : 'the pool is read-only');
+    }
+  }
+
+  /** Waits for a running commit; metadata may be changed right after this returns. */
+  private async metadataReady(): Promise<void> {
+    while (this.commitRunning) await this.commitRunning;
+    this.requireWritable();
+  }
+
+  /**
+   * A metadata operation failed: roll back to the last commit, set
+   * needs_check and go read-only, as dm-thin's metadata_operation_failed.
+   */
+  private async metadataFailed(e: unknown): Promise<never> {
+    if (this.mode !== 'fail') {
+      try {
+        this.md.abort();
+        await this.md.writeNeedsCheck();
+        this.mode = 'read_only';
+      } catch {
+        this.mode = 'fail';
+      }
+    }
+    throw e;
+  }
+
+  /** Runs a synchronous metadata change; a failure aborts the transaction. */
+  private async change<T>(fn: () => T): Promise<T> {
+    await this.metadataReady();
+    try {
+      return fn();
+    } catch (e) {
+      if (isThinError(e) && (e.code === 'BAD_METADATA' || e.code === 'NO_METADATA_SPACE' || e.code === 'IO_ERROR' || e.code === 'HOST_NO_SPACE')) {
+        return this.metadataFailed(e);
+      }
+      throw e;
+    }
+  }
+
+  //----------------------------------------------------------------------------
+  // commit
+
+  /** Commits if anything changed; concurrent callers share one commit. */
+  async commit(): Promise<void> {
+    while (this.commitRunning) await this.commitRunning;
+    if (!this.md.hasChanges() || this.mode === 'read_only' || this.mode === 'fail') return;
+    const run = this.runCommit();
+    this.commitRunning = run.finally(() => {
+      this.commitRunning = undefined;
+    });
+    await this.commitRunning;
+  }
+
+  private async runCommit(): Promise<void> {
+    const freed = this.md.freedData;
+    this.md.freedData = [];
+    try {
+      await this.md.commit(() => this.data.flush());
+    } catch (e) {
+      const err = isThinError(e) ? e : new ThinError('IO_ERROR', `commit failed: ${(e as Error).message}`);
+      this.commitRunning = undefined;
+      return this.metadataFailed(err);
+    }
+    await this.punchFreed(freed);
+    if (this.mode === 'out_of_data_space' && this.md.dsm.nrFree > 0) this.leaveNoSpace();
+  }
+
+  /** Returns freed blocks to the host filesystem, now that no commit points at them. */
+  private async punchFreed(freed: DataBlock[]): Promise<void> {
+    if (this.config.features.noDiscardPassdown || this.config.features.ignoreDiscard) return;
+    for (const b of freed) {
+      if (this.md.dataCount(b) !== 0) continue;
+      try {
+        await this.data.punchHole(b * this.blockBytes, this.blockBytes);
+      } catch {
+        // Passdown errors are ignored, as dm-thin does: the block is free either way.
+      }
+    }
+  }
+
+  //----------------------------------------------------------------------------
+  // data space
+
+  private async allocate(): Promise<DataBlock> {
+    for (;;) {
+      const b = await this.change(() => this.md.allocData((x) => this.reading.has(x)));
+      if (b !== undefined) {
+        this.checkLowWater();
+        return b;
+      }
+      if (this.md.freedData.length > 0) {
+        await this.commit();
+        continue;
+      }
+      await this.waitForSpace();
+    }
+  }
+
+  private checkLowWater(): void {
+    if (this.lowWaterArmed && this.md.dsm.nrFree <= this.config.lowWaterMark) {
+      this.lowWaterArmed = false;
+      this.lowWaterEvents++;
+    }
+  }
+
+  private noSpaceError(): ThinError {
+    return new ThinError('NO_DATA_SPACE', `pool ${this.name} is out of data space; grow it with thinfuse resize POOL --data-size S, or free blocks (discard, remove)`);
+  }
+
+  private errorIfNoSpace(): boolean {
+    return this.config.features.errorIfNoSpace || this.noSpaceExpired;
+  }
+
+  private async waitForSpace(): Promise<void> {
+    if (this.mode === 'write') this.mode = 'out_of_data_space';
+    if (this.errorIfNoSpace() || this.opts.oneShot) throw this.noSpaceError();
+    if (!this.noSpaceTimer && this.config.noSpaceTimeout > 0) {
+      this.noSpaceTimer = setTimeout(() => {
+        this.noSpaceExpired = true;
+        this.failWaiters();
+      }, this.config.noSpaceTimeout * 1000);
+    }
+    await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
+    if (this.mode === 'out_of_data_space' && this.errorIfNoSpace()) throw this.noSpaceError();
+  }
+
+  private failWaiters(): void {
+    const w = this.spaceWaiters;
+    this.spaceWaiters = [];
+    for (const r of w) r();
+  }
+
+  private leaveNoSpace(): void {
+    this.mode = 'write';
+    this.noSpaceExpired = false;
+    clearTimeout(this.noSpaceTimer);
+    this.noSpaceTimer = undefined;
+    this.failWaiters();
+  }
+
+  //----------------------------------------------------------------------------
+  // device I/O, one data block at a time
+
+  private checkRange(size: number, offset: number, length: number, name: string): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size) {
+      throw new ThinError('OUT_OF_RANGE', `I/O at ${offset}+${length} is past the end of ${name} (${size} bytes)`, { offset, length, size });
+    }
+  }
+
+  /** Splits [offset, offset+length) at data block boundaries. */
+  private *pieces(offset: number, length: number): Generator<{ vb: VirtBlock; within: number; at: number; len: number }> {
+    for (let at = 0; at < length;) {
+      const pos = offset + at;
+      const vb = Math.floor(pos / this.blockBytes) as VirtBlock;
+      const within = pos - vb * this.blockBytes;
+      const len = Math.min(this.blockBytes - within, length - at);
+      yield { vb, within, at, len };
+      at += len;
+    }
+  }
+
+  async read(dev: DevId, buf: Buffer, offset: number, size: number, name = `device ${dev}`): Promise<void> {
+    this.checkRange(size, offset, buf.length, name);
+    if (this.mode === 'fail') throw new ThinError('POOL_FAILED', 'the pool has failed; reads are refused');
+    const jobs: Promise<void>[] = [];
+    for (const p of this.pieces(offset, buf.length)) jobs.push(this.readBlock(dev, p.vb, p.within, buf.subarray(p.at, p.at + p.len)));
+    await Promise.all(jobs);
+  }
+
+  private async readBlock(dev: DevId, vb: VirtBlock, within: number, dst: Buffer): Promise<void> {
+    const m = this.md.lookup(dev, vb);
+    if (!m) {
+      dst.fill(0);
+      return;
+    }
+    this.reading.inc(m.block);
+    try {
+      await this.data.read(dst, m.block * this.blockBytes + within);
+    } finally {
+      this.reading.dec(m.block);
+    }
+  }
+
+  async write(dev: DevId, buf: Buffer, offset: number, size: number, name = `device ${dev}`): Promise<void> {
+    this.checkRange(size, offset, buf.length, name);
+    await this.enterDevice(dev);
+    try {
+      const jobs: Promise<void>[] = [];
+      for (const p of this.pieces(offset, buf.length)) jobs.push(this.writeBlock(dev, p.vb, p.within, buf.subarray(p.at, p.at + p.len)));
+      await Promise.all(jobs);
+    } finally {
+      this.leaveDevice(dev);
+    }
+  }
+
+  private async writeBlock(dev: DevId, vb: VirtBlock, within: number, src: Buffer): Promise<void> {
+    const release = await this.cells.acquire(`${dev}:${vb}`);
+    try {
+      if (this.mode === 'fail') throw new ThinError('POOL_FAILED', 'the pool has failed; writes are refused');
+      const m = this.md.lookup(dev, vb);
+      if (m && !this.md.isShared(dev, m)) {
+        await this.writeData(src, m.block * this.blockBytes + within);
+        return;
+      }
+      const nb = await this.allocate();
+      try {
+        await this.prepareBlock(nb, m?.block, within === 0 && src.length === this.blockBytes);
+        await this.writeData(src, nb * this.blockBytes + within);
+      } catch (e) {
+        await this.change(() => this.md.releaseData(nb));
+        throw e;
+      }
+      await this.change(() => this.md.insertMapping(dev, vb, nb));
+    } finally {
+      release();
+    }
+  }
+
+  private async writeData(src: Buffer, at: number): Promise<void> {
+    try {
+      await this.data.write(src, at);
+    } catch (e) {
+      if (isThinError(e, 'HOST_NO_SPACE')) {
+        if (this.mode === 'write') this.mode = 'out_of_data_space';
+        throw new ThinError('NO_DATA_SPACE', `the host filesystem under ${this.dir}/data is full; free space on it`);
+      }
+      throw e;
+    }
+  }
+
+  /** Fills a new block: a copy of the shared one, or zeros, unless the write covers it all. */
+  private async prepareBlock(nb: DataBlock, from: DataBlock | undefined, whole: boolean): Promise<void> {
+    if (whole) return;
+    const bytes = this.blockBytes;
+    if (from !== undefined) {
+      this.reading.inc(from);
+      try {
+        await this.data.copyWithin(from * bytes, nb * bytes, bytes);
+      } finally {
+        this.reading.dec(from);
+      }
+    } else if (!this.config.features.skipBlockZeroing) {
+      await this.zeroBlock(nb);
+    }
+  }
+
+  private async zeroBlock(b: DataBlock): Promise<void> {
+    try {
+      await this.data.punchHole(b * this.blockBytes, this.blockBytes);
+      return;
+    } catch {
+      // No hole punching here: write the zeros.
+    }
+    const zeros = Buffer.alloc(Math.min(IO_CHUNK, this.blockBytes));
+    for (let done = 0; done < this.blockBytes; done += zeros.length) await this.writeData(zeros, b * this.blockBytes + done);
+  }
+
+  /** Unmaps the whole blocks inside the range; partial blocks are left alone. */
+  async discard(dev: DevId, offset: number, length: number, size: number, name = `device ${dev}`): Promise<number> {
+    this.checkRange(size, offset, length, name);
+    if (this.config.features.ignoreDiscard || this.mode === 'read_only') return 0;
+    const first = Math.ceil(offset / this.blockBytes);
+    const end = Math.floor((offset + length) / this.blockBytes);
+    let unmapped = 0;
+    await this.enterDevice(dev);
+    try {
+      for (let next = this.md.nextMapped(dev, first as VirtBlock); next && next.vb < end; next = this.md.nextMapped(dev, (next.vb + 1) as VirtBlock)) {
+        const vb = next.vb;
+        const release = await this.cells.acquire(`${dev}:${vb}`);
+        try {
+          if (await this.change(() => this.md.removeMapping(dev, vb)) !== undefined) unmapped++;
+        } finally {
+          release();
+        }
+      }
+    } finally {
+      this.leaveDevice(dev);
+    }
+    return unmapped;
+  }
+
+  //----------------------------------------------------------------------------
+  // quiescing a device (dm's suspend/resume) so a snapshot is a consistent point
+
+  private async enterDevice(dev: DevId): Promise<void> {
+    for (let s = this.suspended.get(dev); s; s = this.suspended.get(dev)) await s;
+    this.writing.set(dev, (this.writing.get(dev) ?? 0) + 1);
+  }
+
+  private leaveDevice(dev: DevId): void {
+    const n = (this.writing.get(dev) ?? 1) - 1;
+    if (n > 0) {
+      this.writing.set(dev, n);
+      return;
+    }
+    this.writing.delete(dev);
+    this.drained.get(dev)?.();
+  }
+
+  /** Holds new writes to dev, waits for the running ones, runs fn, then lets writes go on. */
+  async quiesced<T>(dev: DevId, fn: () => Promise<T>): Promise<T> {
+    for (let s = this.suspended.get(dev); s; s = this.suspended.get(dev)) await s;
+    let resume!: () => void;
+    this.suspended.set(dev, new Promise<void>((r) => (resume = r)));
+    try {
+      if (this.writing.has(dev)) await new Promise<void>((r) => this.drained.set(dev, r));
+      this.drained.delete(dev);
+      return await fn();
+    } finally {
+      this.suspended.delete(dev);
+      resume();
+    }
+  }
+
+  //----------------------------------------------------------------------------
+  // messages
+
+  /** Runs a dm-thin pool message; every successful message is committed. */
+  async message(text: string): Promise<void> {
+    const msg = parseMessage(text);
+    if (this.mode === 'read_only' || this.mode === 'fail') {
+      throw new ThinError('NOT_SUPPORTED', `pool ${this.name} is ${this.mode === 'fail' ? 'failed' : 'read-only'}: messages are refused`);
+    }
+    await this.runMessage(msg);
+  }
+
+  private async runMessage(msg: PoolMessage): Promise<void> {
+    switch (msg.kind) {
+      case 'create_thin':
+        await this.change(() => this.md.createThin(msg.dev));
+        break;
+      case 'create_snap':
+        await this.quiesced(msg.origin, async () => {
+          await this.change(() => this.md.createSnap(msg.dev, msg.origin));
+          await this.commit();
+        });
+        break;
+      case 'delete':
+        await this.deleteDevice(msg.dev);
+        break;
+      case 'set_transaction_id':
+        await this.change(() => this.md.setTransactionId(msg.current, msg.next));
+        break;
+      case 'reserve_metadata_snap':
+        await this.commit();
+        await this.change(() => this.md.reserveMetadataSnap());
+        break;
+      case 'release_metadata_snap':
+        await this.change(() => this.md.releaseMetadataSnap());
+        break;
+    }
+    await this.commit();
+  }
+
+  /** Deletes a device; a named one loses its name in the same step. */
+  private async deleteDevice(dev: DevId): Promise<void> {
+    this.md.getDetails(dev);
+    if (this.writing.has(dev)) throw new ThinError('DEV_BUSY', `thin device ${dev} is busy (I/O in flight)`);
+    const named = this.registry.byId(dev);
+    if (named) this.registry.begin({ op: 'remove', device: named });
+    try {
+      await this.change(() => this.md.deleteDevice(dev));
+      await this.commit();
+    } catch (e) {
+      if (named) this.registry.cancel();
+      throw e;
+    }
+    if (named) this.registry.finish();
+  }
+
+  //----------------------------------------------------------------------------
+  // named devices
+
+  device(name: string): NamedDevice {
+    return this.registry.get(name);
+  }
+
+  lowestFreeDevId(): DevId {
+    let id = 0;
+    while (this.md.hasDevice(id as DevId)) id++;
+    return id as DevId;
+  }
+
+  private async addNamed(d: NamedDevice, makeIt: () => Promise<void>): Promise<NamedDevice> {
+    this.registry.requireFreeName(d.name);
+    this.registry.begin({ op: 'add', device: d });
+    try {
+      await makeIt();
+      await this.commit();
+    } catch (e) {
+      this.registry.cancel();
+      throw e;
+    }
+    this.registry.finish();
+    return d;
+  }
+
+  /** Names and sizes an existing device (dmsetup create ... thin POOL ID). */
+  async activate(name: string, devId: DevId, size: number): Promise<NamedDevice> {
+    this.md.getDetails(devId);
+    const other = this.registry.byId(devId);
+    if (other) throw new ThinError('DEV_EXISTS', `thin device ${devId} is already active as '${other.name}'`);
+    return this.addNamed({ name, devId, size }, async () => {});
+  }
+
+  async createDevice(name: string, size: number, devId?: DevId): Promise<NamedDevice> {
+    this.registry.requireFreeName(name);
+    const id = devId ?? this.lowestFreeDevId();
+    if (this.mode === 'read_only' || this.mode === 'fail') this.requireWritable();
+    return this.addNamed({ name, devId: id, size }, () => this.change(() => this.md.createThin(id)));
+  }
+
+  async snapshot(originName: string, name: string, size?: number): Promise<NamedDevice> {
+    const origin = this.registry.get(originName);
+    this.registry.requireFreeName(name);
+    this.requireWritable();
+    const id = this.lowestFreeDevId();
+    return this.addNamed({ name, devId: id, size: size ?? origin.size }, () =>
+      this.quiesced(origin.devId, async () => {
+        await this.change(() => this.md.createSnap(id, origin.devId));
+        await this.commit();
+      }),
+    );
+  }
+
+  /** Deletes the device and its name (lvremove). */
+  async remove(name: string): Promise<void> {
+    const d = this.registry.get(name);
+    this.requireWritable();
+    await this.deleteDevice(d.devId);
+  }
+
+  /** Drops the name and size only (dmsetup remove); the data stays. */
+  deactivate(name: string): void {
+    this.registry.get(name);
+    this.registry.delete(name);
+  }
+
+  resizeDevice(name: string, size: number): NamedDevice {
+    const d = { ...this.registry.get(name), size };
+    this.registry.set(d);
+    return d;
+  }
+
+  //----------------------------------------------------------------------------
+  // pool resize
+
+  async resizeData(bytes: number): Promise<void> {
+    const nr = bytes / this.blockBytes;
+    if (nr < this.md.nrDataBlocks) throw new ThinError('EINVAL_ARG', `data size ${bytes} is smaller than the pool (${this.md.nrDataBlocks * this.blockBytes} bytes); pools cannot shrink`);
+    if (this.md.needsCheck) throw new ThinError('READ_ONLY', 'unable to grow the data device until repaired (needs_check is set); run thinfuse check');
+    if (nr === this.md.nrDataBlocks) return;
+    await this.data.truncate(bytes);
+    await this.change(() => this.md.resizeData(nr));
+    await this.commit();
+    this.lowWaterArmed = true;
+    if (this.mode === 'out_of_data_space') this.leaveNoSpace();
+  }
+
+  async resizeMetadata(bytes: number): Promise<void> {
+    const nr = Math.min(bytes / META_BLOCK_SIZE, MAX_META_BLOCKS);
+    if (bytes < this.md.file.size()) throw new ThinError('EINVAL_ARG', `metadata size ${bytes} is smaller than the metadata file (${this.md.file.size()} bytes); it cannot shrink`);
+    if (this.md.needsCheck) throw new ThinError('READ_ONLY', 'unable to grow the metadata device until repaired (needs_check is set); run thinfuse check');
+    await this.md.file.truncate(bytes);
+    if (nr > this.md.msm.nrBlocks) {
+      await this.change(() => this.md.resizeMetadata(nr));
+      await this.commit();
+    }
+  }
+
+  /** Punches every free data block (space a crash or no_discard_passdown left behind). */
+  async trim(): Promise<number> {
+    await this.commit();
+    let punched = 0;
+    for (let b = 0; b < this.md.nrDataBlocks; b++) {
+      if (this.md.dataCount(b as DataBlock) !== 0) continue;
+      let end = b + 1;
+      while (end < this.md.nrDataBlocks && this.md.dataCount(end as DataBlock) === 0) end++;
+      await this.data.punchHole(b * this.blockBytes, (end - b) * this.blockBytes);
+      punched += end - b;
+      b = end;
+    }
+    return punched;
+  }
+
+  //----------------------------------------------------------------------------
+  // reporting
+
+  /** Mapped, exclusive and shared block counts of every device, as thin_ls counts them. */
+  usage(): DeviceUsage[] {
+    const users = new Map<number, number>();
+    for (const dev of this.md.devices()) {
+      this.md.forEachMapping(dev, (_vb, m) => {
+        users.set(m.block, (users.get(m.block) ?? 0) + 1);
+      });
+    }
+    return this.md.devices().map((dev) => {
+      let exclusive = 0;
+      this.md.forEachMapping(dev, (_vb, m) => {
+        if (users.get(m.block) === 1) exclusive++;
+      });
+      const named = this.registry.byId(dev);
+      const details = this.md.getDetails(dev);
+      return {
+        devId: dev,
+        name: named?.name,
+        size: named?.size,
+        mappedBlocks: details.mappedBlocks,
+        exclusiveBlocks: exclusive,
+        sharedBlocks: details.mappedBlocks - exclusive,
+        highestMapped: this.md.highestMapped(dev),
+      };
+    });
+  }
+}

@@ -1,0 +1,121 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { ThinError } from '../base/errors.js';
+import type { DevId } from '../base/units.js';
+import { writeFileAtomic } from './config.js';
+
+// Names and virtual sizes of thin devices. dm-thin keeps these outside its
+// metadata (in dm tables, LVM metadata, Docker's JSON files); so do we, in
+// POOL/devices, beside the metadata rather than inside it, where thin_check
+// would count them as leaked blocks. A change that also changes the
+// metadata goes through an intent record: write the intent, commit the
+// metadata, then finish. On open only the dev id of an unfinished intent is
+// reconciled with the metadata; unnamed devices are never touched.
+
+export const REGISTRY_FILE = 'devices';
+
+export interface NamedDevice {
+  name: string;
+  devId: DevId;
+  /** Virtual size in bytes. */
+  size: number;
+}
+
+export type Intent =
+  | { op: 'add'; device: NamedDevice }
+  | { op: 'remove'; device: NamedDevice };
+
+interface RegistryFile {
+  devices: NamedDevice[];
+  intent: Intent | null;
+}
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.+:@-]{0,127}$/;
+
+export function checkName(name: string): void {
+  if (!NAME_RE.test(name)) {
+    throw new ThinError('EINVAL_ARG', `invalid device name '${name}': use letters, digits and _.+:@- (at most 128), not starting with a symbol`);
+  }
+}
+
+export class Registry {
+  private devices = new Map<string, NamedDevice>();
+  intent: Intent | null = null;
+
+  private constructor(private readonly file: string) {}
+
+  static load(dir: string): Registry {
+    const r = new Registry(path.join(dir, REGISTRY_FILE));
+    if (!fs.existsSync(r.file)) return r;
+    let raw: RegistryFile;
+    try {
+      raw = JSON.parse(fs.readFileSync(r.file, 'utf8')) as RegistryFile;
+    } catch (e) {
+      throw new ThinError('EINVAL_ARG', `${r.file} is not valid JSON (${(e as Error).message}); restore it from a backup or remove it (names are lost, data is not)`);
+    }
+    for (const d of raw.devices ?? []) r.devices.set(d.name, d);
+    r.intent = raw.intent ?? null;
+    return r;
+  }
+
+  list(): NamedDevice[] {
+    return [...this.devices.values()].sort((a, b) => a.devId - b.devId || a.name.localeCompare(b.name));
+  }
+
+  get(name: string): NamedDevice {
+    const d = this.devices.get(name);
+    if (!d) throw new ThinError('DEV_MISSING', `no thin device named '${name}'; see thinfuse ls`, { name });
+    return d;
+  }
+
+  find(name: string): NamedDevice | undefined {
+    return this.devices.get(name);
+  }
+
+  byId(devId: DevId): NamedDevice | undefined {
+    for (const d of this.devices.values()) if (d.devId === devId) return d;
+    return undefined;
+  }
+
+  requireFreeName(name: string): void {
+    checkName(name);
+    if (this.devices.has(name)) throw new ThinError('DEV_EXISTS', `a thin device named '${name}' already exists; pick another name`, { name });
+  }
+
+  /** Records what is about to happen; the metadata commit comes next. */
+  begin(intent: Intent): void {
+    this.intent = intent;
+    this.save();
+  }
+
+  /** Applies the intent to the names and clears it. */
+  finish(): void {
+    const i = this.intent;
+    if (i?.op === 'add') this.devices.set(i.device.name, i.device);
+    if (i?.op === 'remove') this.devices.delete(i.device.name);
+    this.intent = null;
+    this.save();
+  }
+
+  /** Drops an intent that did not reach the metadata. */
+  cancel(): void {
+    this.intent = null;
+    this.save();
+  }
+
+  /** Changes that touch only the names (deactivate, resize). */
+  set(d: NamedDevice): void {
+    this.devices.set(d.name, d);
+    this.save();
+  }
+
+  delete(name: string): void {
+    this.devices.delete(name);
+    this.save();
+  }
+
+  private save(): void {
+    const body: RegistryFile = { devices: this.list(), intent: this.intent };
+    writeFileAtomic(this.file, JSON.stringify(body, null, 2) + '\n');
+  }
+}
