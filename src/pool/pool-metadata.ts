@@ -351,14 +351,17 @@ export class PoolMetadata {
 
   /**
    * Writes the transaction. Order: details into their tree, data space map,
-   * metadata space map, then `beforeWrite` (the data file's flush), all new
-   * metadata blocks, a flush, and the superblock last, followed by a flush.
+   * metadata space map; then, at once, `flushData` (the data file's flush)
+   * and all new metadata blocks followed by a flush; only when both are
+   * durable, the superblock, followed by a flush.
    */
-  async commit(beforeWrite: () => Promise<void>): Promise<void> {
+  async commit(flushData: () => Promise<void>): Promise<void> {
     const { blocks, sb } = this.prepareCommit();
-    await beforeWrite();
-    await writeBlocks(this.file, blocks);
-    await this.file.flush();
+    const writeMetadata = async () => {
+      await writeBlocks(this.file, blocks);
+      await this.file.flush();
+    };
+    await Promise.all([flushData(), writeMetadata()]);
     await this.file.write(sb, 0);
     await this.file.flush();
   }

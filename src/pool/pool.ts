@@ -66,6 +66,8 @@ export class Pool {
   private noSpaceExpired = false;
   private noSpaceTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** Data written since the last flush; a commit with none skips the data flush. */
+  private dataDirty = false;
 
   private constructor(
     readonly dir: string,
@@ -203,6 +205,11 @@ export class Pool {
   /** Runs a synchronous metadata change; a failure aborts the transaction. */
   private async change<T>(fn: () => T): Promise<T> {
     await this.metadataReady();
+    return this.guard(fn);
+  }
+
+  /** Runs a metadata read or change; a corrupt block or failed metadata I/O aborts. */
+  private async guard<T>(fn: () => T): Promise<T> {
     try {
       return fn();
     } catch (e) {
@@ -211,6 +218,11 @@ export class Pool {
       }
       throw e;
     }
+  }
+
+  /** error_if_no_space, as the feature says or because the no-space timeout ran out. */
+  get noSpacePolicy(): 'error_if_no_space' | 'queue_if_no_space' {
+    return this.errorIfNoSpace() ? 'error_if_no_space' : 'queue_if_no_space';
   }
 
   //----------------------------------------------------------------------------
@@ -227,11 +239,22 @@ export class Pool {
     await this.commitRunning;
   }
 
+  /** A FLUSH: commits if metadata changed, else makes completed data writes durable. */
+  async flush(): Promise<void> {
+    await this.commit();
+    if (this.dataDirty) {
+      this.dataDirty = false;
+      await this.data.flush();
+    }
+  }
+
   private async runCommit(): Promise<void> {
     const freed = this.md.freedData;
     this.md.freedData = [];
     try {
-      await this.md.commit(() => this.data.flush());
+      const flushData = this.dataDirty;
+      this.dataDirty = false;
+      await this.md.commit(() => (flushData ? this.data.flush() : Promise.resolve()));
     } catch (e) {
       const err = isThinError(e) ? e : new ThinError('IO_ERROR', `commit failed: ${(e as Error).message}`);
       this.commitRunning = undefined;
@@ -344,7 +367,7 @@ export class Pool {
   }
 
   private async readBlock(dev: DevId, vb: VirtBlock, within: number, dst: Buffer): Promise<void> {
-    const m = this.md.lookup(dev, vb);
+    const m = await this.guard(() => this.md.lookup(dev, vb));
     if (!m) {
       dst.fill(0);
       return;
@@ -373,11 +396,12 @@ export class Pool {
     const release = await this.cells.acquire(`${dev}:${vb}`);
     try {
       if (this.mode === 'fail') throw new ThinError('POOL_FAILED', 'the pool has failed; writes are refused');
-      const m = this.md.lookup(dev, vb);
+      const m = await this.guard(() => this.md.lookup(dev, vb));
       if (m && !this.md.isShared(dev, m)) {
         await this.writeData(src, m.block * this.blockBytes + within);
         return;
       }
+      this.requireWritable();
       const nb = await this.allocate();
       try {
         await this.prepareBlock(nb, m?.block, within === 0 && src.length === this.blockBytes);
@@ -395,6 +419,9 @@ export class Pool {
   private async writeData(src: Buffer, at: number): Promise<void> {
     try {
       await this.data.write(src, at);
+      // Set on completion: a write finishing after a commit's flush began
+      // must be flushed by the next commit.
+      this.dataDirty = true;
     } catch (e) {
       if (isThinError(e, 'HOST_NO_SPACE')) {
         if (this.mode === 'write') this.mode = 'out_of_data_space';
@@ -440,7 +467,8 @@ export class Pool {
     let unmapped = 0;
     await this.enterDevice(dev);
     try {
-      for (let next = this.md.nextMapped(dev, first as VirtBlock); next && next.vb < end; next = this.md.nextMapped(dev, (next.vb + 1) as VirtBlock)) {
+      const after = (vb: number) => this.guard(() => this.md.nextMapped(dev, vb as VirtBlock));
+      for (let next = await after(first); next && next.vb < end; next = await after(next.vb + 1)) {
         const vb = next.vb;
         const release = await this.cells.acquire(`${dev}:${vb}`);
         try {

@@ -21,7 +21,7 @@ export interface PoolStatus {
   lowWaterEvents: number;
   blockSize: number;
   cache: ReturnType<Pool['md']['bm']['cacheStats']>;
-  devices: Array<{ name: string; devId: number; sectors: number; mappedSectors: number; highestSector: number | null }>;
+  devices: Array<{ name: string; devId: number; sectors: number; mappedSectors: number; highestSector: number | null; error?: string }>;
 }
 
 export function poolStatus(pool: Pool): PoolStatus {
@@ -38,7 +38,7 @@ export function poolStatus(pool: Pool): PoolStatus {
     heldRoot: md.sb.heldRoot === 0 ? null : md.sb.heldRoot,
     mode: pool.mode === 'write' ? 'rw' : pool.mode === 'read_only' ? 'ro' : pool.mode,
     discard: f.ignoreDiscard ? 'ignore_discard' : f.noDiscardPassdown ? 'no_discard_passdown' : 'discard_passdown',
-    noSpace: f.errorIfNoSpace ? 'error_if_no_space' : 'queue_if_no_space',
+    noSpace: pool.noSpacePolicy,
     needsCheck: md.needsCheck,
     metadataLowWater: Math.min(1024, Math.floor(metaFileBlocks / 4)),
     lowWaterMark: pool.config.lowWaterMark,
@@ -47,7 +47,13 @@ export function poolStatus(pool: Pool): PoolStatus {
     cache: md.bm.cacheStats(),
     devices: pool.registry.list().filter((d) => md.hasDevice(d.devId)).map((d) => {
       const mapped = md.getDetails(d.devId).mappedBlocks;
-      const highest = md.highestMapped(d.devId);
+      let highest: number | undefined;
+      try {
+        highest = md.highestMapped(d.devId);
+      } catch (e) {
+        // dm prints "Error" for a thin whose status cannot be read.
+        return { name: d.name, devId: d.devId, sectors: d.size / SECTOR, mappedSectors: 0, highestSector: null, error: (e as Error).message };
+      }
       return {
         name: d.name,
         devId: d.devId,
@@ -65,6 +71,6 @@ export function statusLines(s: PoolStatus): string[] {
     ? `${s.name}: 0 ${len} thin-pool Fail`
     : `${s.name}: 0 ${len} thin-pool ${s.transactionId} ${s.metadata.used}/${s.metadata.total} ${s.data.used}/${s.data.total} ` +
       `${s.heldRoot ?? '-'} ${s.mode} ${s.discard} ${s.noSpace} ${s.needsCheck ? 'needs_check' : '-'} ${s.metadataLowWater} `;
-  const thins = s.devices.map((d) => `${d.name}: 0 ${d.sectors} thin ${d.mappedSectors} ${d.highestSector ?? '-'}`);
+  const thins = s.devices.map((d) => `${d.name}: 0 ${d.sectors} thin ` + (s.mode === 'fail' ? 'Fail' : d.error ? 'Error' : `${d.mappedSectors} ${d.highestSector ?? '-'}`));
   return [pool, ...thins];
 }
