@@ -42,6 +42,10 @@ test('the issue script runs as written', (t) => {
   const ls = cliOk(['ls', P]);
   t.regex(ls, /base\s+0\s+256MiB/);
   t.regex(ls, /-\s+7\s+-/);
+  const ours = JSON.parse(cliOk(['ls', P, '--json'])).result.map((r: Record<string, number>) => [r.devId, r.mappedBlocks, r.exclusiveBlocks, r.sharedBlocks].join(' '));
+  const theirs = thinTool('thin_ls', ['--no-headers', '-o', 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS', `${P}/metadata`]);
+  t.is(theirs.status, 0, theirs.stderr);
+  t.deepEqual(ours, theirs.stdout.trim().split('\n').map((l) => l.trim().split(/\s+/).join(' ')), 'ls counts equal thin_ls');
   oracle(t, P);
 });
 

@@ -154,6 +154,9 @@ interface DeviceView {
   label: string;
   details: Map<number, Buffer>;
   top: Map<number, number>;
+  /** Both trees were read whole (otherwise a missing device proves nothing). */
+  detailsComplete: boolean;
+  topComplete: boolean;
 }
 
 class Checker {
@@ -171,6 +174,11 @@ class Checker {
   private countData = true;
   private readonly uses = new Map<number, Use>();
   private readonly reported = new Set<string>();
+  /**
+   * Something reachable could not be read or used: expected counts are then
+   * only lower bounds, so under-counts stand but leaks cannot be told.
+   */
+  private incomplete = false;
 
   constructor(
     private readonly file: BackingFile,
@@ -202,11 +210,13 @@ class Checker {
   /** Reads and validates a block of a given kind, or reports why not. */
   private readValid(b: number, kind: BlockKind, what: string): Buffer | undefined {
     if (b >= this.fileBlocks) {
+      this.incomplete = true;
       this.report.fatal('range', `${what}: block ${b} lies past the end of the metadata file (${this.fileBlocks} blocks)`);
       return undefined;
     }
     const buf = this.readBlock(b);
     if (!checksumMatches(buf, kind)) {
+      this.incomplete = true;
       const other = (Object.keys(SALT) as BlockKind[]).find((k) => k !== kind && checksumMatches(buf, k));
       const hint = isAllZero(buf) ? ' (the block is all zeros)' : other ? ` (it checksums as a ${KIND_NAMES[other]})` : '';
       this.report.fatal('checksum', `${what}: block ${b} has a bad ${KIND_NAMES[kind]} checksum${hint}`);
@@ -214,6 +224,7 @@ class Checker {
     }
     const at = u64(buf, 8);
     if (at !== b) {
+      this.incomplete = true;
       this.report.fatal('blocknr', `${what}: block ${b} claims to be block ${at}`);
       return undefined;
     }
@@ -223,7 +234,8 @@ class Checker {
   /** Counts one reference to metadata block b; false if b is outside the space map. */
   private refMeta(b: number, what: string): boolean {
     if (!Number.isSafeInteger(b) || b < 0 || b >= this.nrMeta) {
-      this.report.fatal('range', `${what}: refers to metadata block ${b}, outside the metadata space map (${this.nrMeta} blocks)`);
+      this.incomplete = true;
+      this.report.fatal('range', `${what}: refers to metadata block ${Number.isSafeInteger(b) ? b : '(above 2^53)'}, outside the metadata space map (${this.nrMeta} blocks)`);
       return false;
     }
     this.metaExpected[b]!++;
@@ -234,6 +246,7 @@ class Checker {
   private claim(b: number, kind: 'bitmap' | 'index' | 'superblock', what: string): boolean {
     const u = this.uses.get(b);
     if (u) {
+      this.incomplete = true;
       const prev = u.kind === 'node' ? `a node of the ${u.info.role.name}` : u.what;
       this.report.fatal('shared', `metadata block ${b} is used both as ${prev} and as ${what}`);
       return false;
@@ -261,6 +274,7 @@ class Checker {
     let info: NodeInfo;
     if (u) {
       if (u.kind !== 'node' || u.info.role !== role) {
+        this.incomplete = true;
         if (this.once(`role:${b}:${role.name}`)) {
           const prev = u.kind === 'node' ? `a node of the ${u.info.role.name}` : u.what;
           this.report.fatal('shared', `${ctx}: metadata block ${b} is used both as ${prev} and as a node of the ${role.name}`);
@@ -272,7 +286,10 @@ class Checker {
       info = this.visitNode(b, role, ctx);
       this.uses.set(b, { kind: 'node', info });
     }
-    if (info.bad) return undefined;
+    if (info.bad) {
+      this.incomplete = true;
+      return undefined;
+    }
     if (!isRoot && info.nr < Math.floor(info.max / 3) && this.once(`underfull:${b}`)) {
       this.report.fatal('node', `${ctx}: btree node ${b} is not a root but holds only ${info.nr} of ${info.max} entries (minimum ${Math.floor(info.max / 3)})`);
     }
@@ -399,10 +416,13 @@ class Checker {
   }
 
   /** Leaf entries of a kept tree in key order (skips what could not be read). */
-  private entriesOf(root: NodeInfo | undefined): Array<[number, Buffer]> {
-    const out: Array<[number, Buffer]> = [];
+  private entriesOf(root: NodeInfo | undefined): Array<[number, Buffer]> & { complete: boolean } {
+    const out = Object.assign([] as Array<[number, Buffer]>, { complete: true });
     const walk = (info: NodeInfo | undefined, depth: number): void => {
-      if (!info || info.bad || depth > 64) return;
+      if (!info || info.bad || depth > 64) {
+        out.complete = false;
+        return;
+      }
       if (info.values) {
         for (let i = 0; i < info.values.length; i++) out.push([info.keys![i]!, info.values[i]!]);
         return;
@@ -479,8 +499,11 @@ class Checker {
     if (held !== 0) this.checkSnapshot(held);
     this.compareDevices(view);
 
-    if (metaActual) this.compareMetadataCounts(metaActual, metaSm);
+    if (metaActual) this.compareMetadataCounts(metaActual);
     if (dataActual) this.compareDataCounts(dataActual, dataSm);
+    if (this.incomplete) {
+      this.report.nonFatal('incomplete', 'parts of the metadata could not be read: reference counts were checked for under-counts only, not for leaks');
+    }
   }
 
   private checkSuperblockFields(raw: Buffer, what: string): void {
@@ -513,22 +536,24 @@ class Checker {
   private devicesOf(prefix: string, detailsRoot: number, mappingRoot: number): DeviceView {
     const d = this.refNode(detailsRoot, DETAILS, `${prefix}${DETAILS.name}`, true);
     const t = this.refNode(mappingRoot, TOP, `${prefix}${TOP.name}`, true);
+    const de = this.entriesOf(d);
+    const te = this.entriesOf(t);
     const details = new Map<number, Buffer>();
-    for (const [k, v] of this.entriesOf(d)) details.set(k, v);
+    for (const [k, v] of de) details.set(k, v);
     const top = new Map<number, number>();
-    for (const [k, v] of this.entriesOf(t)) top.set(k, u64(v, 0));
-    return { label: prefix, details, top };
+    for (const [k, v] of te) top.set(k, u64(v, 0));
+    return { label: prefix, details, top, detailsComplete: de.complete, topComplete: te.complete };
   }
 
   private compareDevices(view: DeviceView): void {
     const p = view.label;
     for (const dev of view.details.keys()) {
-      if (!view.top.has(dev)) this.report.fatal('devices', `${p}device ${dev} is in the details tree but has no mapping tree`);
+      if (!view.top.has(dev) && view.topComplete) this.report.fatal('devices', `${p}device ${dev} is in the details tree but has no mapping tree`);
     }
     for (const [dev, root] of view.top) {
       const dv = view.details.get(dev);
       if (!dv) {
-        this.report.fatal('devices', `${p}device ${dev} has a mapping tree but is not in the details tree`);
+        if (view.detailsComplete) this.report.fatal('devices', `${p}device ${dev} has a mapping tree but is not in the details tree`);
         continue;
       }
       const u = this.uses.get(root);
@@ -666,7 +691,7 @@ class Checker {
     };
   }
 
-  private compareMetadataCounts(actual: ActualCounts, root: SmRoot): void {
+  private compareMetadataCounts(actual: ActualCounts): void {
     const exp = this.metaExpected;
     let under = 0;
     let leaked = 0;
@@ -677,14 +702,13 @@ class Checker {
       if (a < e) {
         under++;
         this.report.fatal('meta-count', `metadata block ${b}: reference count ${a} on disk, ${e} expected (under-counted)`);
-      } else if (a > e) {
+      } else if (a > e && !this.incomplete) {
         leaked++;
         this.report.nonFatal('meta-leak', `metadata block ${b}: reference count ${a} on disk, ${e} expected (leaked)`);
       }
     }
     if (under > 0) this.report.fatal('meta-sum', `${under} metadata blocks have reference counts below their references`);
     if (leaked > 0) this.report.nonFatal('meta-sum', `${leaked} metadata blocks leaked (counted but not referenced as often)`);
-    void root;
   }
 
   private compareDataCounts(actual: ActualCounts, root: SmRoot): void {
@@ -704,7 +728,7 @@ class Checker {
         if (a < e) {
           under++;
           this.report.fatal('data-count', `data block ${b}: reference count ${a} on disk, ${e} mapping leaves refer to it (under-counted)`);
-        } else if (a > e) {
+        } else if (a > e && !this.incomplete) {
           leaked++;
           this.report.nonFatal('data-leak', `data block ${b}: reference count ${a} on disk, ${e} mapping leaves refer to it (leaked)`);
         }

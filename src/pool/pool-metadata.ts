@@ -327,6 +327,7 @@ export class PoolMetadata {
 
   reserveMetadataSnap(): void {
     if (this.sb.heldRoot !== 0) throw new ThinError('SNAP_HELD', 'a metadata snapshot is already held; release it first (release_metadata_snap)');
+    this.writeDetails();
     const { b, buf } = this.tm.newBlock('superblock');
     encodeSuperblock(this.sb, b, true).copy(buf);
     this.tm.inc(this.sb.mappingRoot);
@@ -366,13 +367,18 @@ export class PoolMetadata {
     await this.file.flush();
   }
 
-  private prepareCommit(): { blocks: Array<[MetaBlock, Buffer]>; sb: Buffer } {
+  /** Puts changed device details into their tree (the kernel does this at commit). */
+  private writeDetails(): void {
     for (const dev of this.removedDetails) this.sb.detailsRoot = remove(this.detailsTree, this.sb.detailsRoot, dev);
     for (const dev of this.changedDetails) {
       this.sb.detailsRoot = insert(this.detailsTree, this.sb.detailsRoot, dev, encodeDetails(this.details.get(dev)!));
     }
     this.removedDetails.clear();
     this.changedDetails.clear();
+  }
+
+  private prepareCommit(): { blocks: Array<[MetaBlock, Buffer]>; sb: Buffer } {
+    this.writeDetails();
     this.sb.dataSm = this.dsm.commit();
     this.sb.metadataSm = this.msm.commit();
     const sb = encodeSuperblock(this.sb);

@@ -138,16 +138,17 @@ export function moveHead(src: Buffer, n: number, dst: Buffer): void {
 }
 
 /** Header sanity beyond the checksum: what thin_check also insists on. */
+function badNode(b: MetaBlock, why: string): never {
+  throw new ThinError('BAD_METADATA', `btree node ${b}: ${why}; run thinfuse check`, { block: b });
+}
+
 export function checkNodeHeader(buf: Buffer, b: MetaBlock, leafValueSize: number): void {
   const flags = buf.readUInt32LE(4);
   const vs = valueSize(buf);
-  const bad = (why: string): never => {
-    throw new ThinError('BAD_METADATA', `btree node ${b}: ${why}; run thinfuse check`, { block: b });
-  };
-  if (flags !== INTERNAL && flags !== LEAF) bad(`bad flags ${flags}`);
-  if (vs !== (flags === INTERNAL ? 8 : leafValueSize)) bad(`value size ${vs}, expected ${flags === INTERNAL ? 8 : leafValueSize}`);
-  if (maxEntries(buf) !== maxEntriesFor(vs)) bad(`max_entries ${maxEntries(buf)}`);
-  if (nrEntries(buf) > maxEntries(buf)) bad(`nr_entries ${nrEntries(buf)} > max_entries`);
+  if (flags !== INTERNAL && flags !== LEAF) badNode(b, `bad flags ${flags}`);
+  if (vs !== (flags === INTERNAL ? 8 : leafValueSize)) badNode(b, `value size ${vs}, expected ${flags === INTERNAL ? 8 : leafValueSize}`);
+  if (maxEntries(buf) !== maxEntriesFor(vs)) badNode(b, `max_entries ${maxEntries(buf)}`);
+  if (nrEntries(buf) > maxEntries(buf)) badNode(b, `nr_entries ${nrEntries(buf)} > max_entries`);
 }
 
 export function u64Value(v: number): Buffer {
