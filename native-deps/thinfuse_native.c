@@ -25,6 +25,7 @@
 #define NAPI_VERSION 8
 
 #include <errno.h>
+#include <sys/socket.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <math.h>
@@ -410,6 +411,32 @@ static napi_value js_funlock(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
+/* ------------------------------------------------------- peer credentials */
+
+/* SO_PEERCRED of a connected unix socket: who is talking to the daemon. */
+static napi_value js_peer_cred(napi_env env, napi_callback_info info) {
+  const char *fn = "peerCred";
+  napi_value argv[1];
+  int fd;
+  if (!get_args(env, info, 1, argv, fn)) return NULL;
+  if (!get_fd(env, argv[0], fn, "fd", &fd)) return NULL;
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    throw_errno(env, errno, "getsockopt");
+    return NULL;
+  }
+  napi_value obj, v;
+  napi_create_object(env, &obj);
+  napi_create_int32(env, cred.pid, &v);
+  napi_set_named_property(env, obj, "pid", v);
+  napi_create_uint32(env, cred.uid, &v);
+  napi_set_named_property(env, obj, "uid", v);
+  napi_create_uint32(env, cred.gid, &v);
+  napi_set_named_property(env, obj, "gid", v);
+  return obj;
+}
+
 /* ------------------------------------------------------------------- init */
 
 static bool export_fn(napi_env env, napi_value exports, const char *name, napi_callback cb) {
@@ -432,6 +459,7 @@ NAPI_MODULE_INIT() {
       !export_fn(env, exports, "copyFileRange", js_copy_file_range) ||
       !export_fn(env, exports, "flock", js_flock) ||
       !export_fn(env, exports, "funlock", js_funlock) ||
+      !export_fn(env, exports, "peerCred", js_peer_cred) ||
       !export_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE) ||
       !export_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE) ||
       !export_int(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE)) {

@@ -39,6 +39,8 @@ export interface NativeAddon {
    * Blocking mode blocks the whole thread.
    */
   flock(fd: number, exclusive: boolean, nonBlocking: boolean): boolean;
+  /** SO_PEERCRED of a connected unix socket. */
+  peerCred(fd: number): { pid: number; uid: number; gid: number };
   /** flock(LOCK_UN). Closing every fd of the open file description also unlocks. */
   funlock(fd: number): void;
   readonly FALLOC_FL_KEEP_SIZE: number;
@@ -136,6 +138,7 @@ export const native: NativeAddon = {
     rejectOnThrow(() => loadNative().copyFileRange(fdIn, offIn, fdOut, offOut, length)),
   flock: (fd, exclusive, nonBlocking) => loadNative().flock(fd, exclusive, nonBlocking),
   funlock: (fd) => loadNative().funlock(fd),
+  peerCred: (fd) => loadNative().peerCred(fd),
   get FALLOC_FL_KEEP_SIZE() {
     return loadNative().FALLOC_FL_KEEP_SIZE;
   },

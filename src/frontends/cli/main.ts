@@ -3,9 +3,11 @@ import { Command, CommanderError, Option } from 'commander';
 import { ThinError } from '../../base/errors.js';
 import { formatBytes, parseCount, parseSize } from '../../base/size.js';
 import { type DevId, MAX_DEV_ID } from '../../base/units.js';
-import { defaultConfig, type PoolConfig, readConfig, writeConfig } from '../../pool/config.js';
+import { defaultConfig, type PoolConfig } from '../../pool/config.js';
 import { Pool } from '../../pool/pool.js';
-import { poolStatus, statusLines } from '../../pool/status.js';
+import { statusLines } from '../../pool/status.js';
+import { IO_PIECE } from '../ops.js';
+import { callOp, withSession } from './session.js';
 import { checkBlockSize, checkDataSize, checkDeviceSize, checkMetadataSize } from '../../pool/validate.js';
 import { dumpCommand, restoreCommand, checkCommand } from './metadata-commands.js';
 import { makeOut, type Out, reportError, table } from './output.js';
@@ -16,15 +18,6 @@ import { makeOut, type Out, reportError, table } from './output.js';
 
 interface Common {
   json?: boolean;
-}
-
-async function withPool<T>(dir: string, fn: (pool: Pool) => Promise<T>): Promise<T> {
-  const pool = await Pool.open(dir, { oneShot: true });
-  try {
-    return await fn(pool);
-  } finally {
-    await pool.close();
-  }
 }
 
 function devIdArg(text: string): DevId {
@@ -99,7 +92,7 @@ function poolCommands(program: Command): void {
     .option('--ignore-discard <on|off>')
     .option('--read-only <on|off>')
     .action(run(async (out, dir: string, o: Record<string, string>) => {
-      const config: PoolConfig = await withPool(dir, async () => readConfig(dir));
+      const config: PoolConfig = await callOp(dir, 'config', {});
       if (o.lowWaterMark !== undefined) config.lowWaterMark = parseCount(o.lowWaterMark, '--low-water-mark');
       if (o.noSpaceTimeout !== undefined) config.noSpaceTimeout = parseCount(o.noSpaceTimeout, '--no-space-timeout');
       if (o.skipBlockZeroing !== undefined) config.features.skipBlockZeroing = onOff(o.skipBlockZeroing);
@@ -107,7 +100,7 @@ function poolCommands(program: Command): void {
       if (o.discardPassdown !== undefined) config.features.noDiscardPassdown = !onOff(o.discardPassdown);
       if (o.ignoreDiscard !== undefined) config.features.ignoreDiscard = onOff(o.ignoreDiscard);
       if (o.readOnly !== undefined) config.features.readOnly = onOff(o.readOnly);
-      await withPool(dir, async () => writeConfig(dir, config));
+      await callOp(dir, 'setConfig', { config });
       out.result(config, [JSON.stringify(config)]);
     }));
 }
@@ -116,7 +109,7 @@ function deviceCommands(program: Command): void {
   program.command('message <pool> <message>')
     .description('send a dm-thin pool message: create_thin ID, create_snap ID ORIGIN, delete ID, set_transaction_id CUR NEW, reserve_metadata_snap, release_metadata_snap')
     .action(run(async (out, dir: string, msg: string) => {
-      await withPool(dir, (p) => p.message(msg));
+      await callOp(dir, 'message', { message: msg });
       out.result({ message: msg });
     }));
 
@@ -125,7 +118,7 @@ function deviceCommands(program: Command): void {
     .requiredOption('--dev-id <id>', 'thin device id')
     .requiredOption('--size <size>', 'virtual size')
     .action(run(async (out, dir: string, name: string, o: { devId: string; size: string }) => {
-      const d = await withPool(dir, (p) => p.activate(name, devIdArg(o.devId), deviceSize(o.size)));
+      const d = await callOp(dir, 'activate', { name, devId: devIdArg(o.devId), size: deviceSize(o.size) });
       out.result(d, [`activated ${d.name} (dev id ${d.devId}, ${formatBytes(d.size)})`]);
     }));
 
@@ -135,7 +128,7 @@ function deviceCommands(program: Command): void {
     .option('--dev-id <id>', 'thin device id (default: lowest free)')
     .action(run(async (out, dir: string, name: string, o: { size: string; devId?: string }) => {
       const size = deviceSize(o.size);
-      const d = await withPool(dir, (p) => p.createDevice(name, size, o.devId === undefined ? undefined : devIdArg(o.devId)));
+      const d = await callOp(dir, 'create', o.devId === undefined ? { name, size } : { name, size, devId: devIdArg(o.devId) });
       out.result(d, [`created ${d.name} (dev id ${d.devId}, ${formatBytes(d.size)})`]);
     }));
 
@@ -144,54 +137,51 @@ function deviceCommands(program: Command): void {
     .option('--size <size>', 'virtual size (default: the origin\'s)')
     .action(run(async (out, dir: string, origin: string, name: string, o: { size?: string }) => {
       const size = o.size === undefined ? undefined : deviceSize(o.size);
-      const d = await withPool(dir, (p) => p.snapshot(origin, name, size));
+      const d = await callOp(dir, 'snapshot', size === undefined ? { origin, name } : { origin, name, size });
       out.result(d, [`created snapshot ${d.name} of ${origin} (dev id ${d.devId})`]);
     }));
 
   program.command('remove <pool> <name>')
     .description('delete a device and its name (lvremove)')
     .action(run(async (out, dir: string, name: string) => {
-      await withPool(dir, (p) => p.remove(name));
+      await callOp(dir, 'remove', { name });
       out.result({ removed: name }, [`removed ${name}`]);
     }));
 
   program.command('deactivate <pool> <name>')
     .description('drop only the name and size, keeping the data (dmsetup remove)')
     .action(run(async (out, dir: string, name: string) => {
-      await withPool(dir, async (p) => p.deactivate(name));
+      await callOp(dir, 'deactivate', { name });
       out.result({ deactivated: name }, [`deactivated ${name}`]);
     }));
 
   program.command('ls <pool>')
     .description('list thin devices: name, dev id, size, mapped, exclusive and shared bytes')
     .action(run(async (out, dir: string) => {
-      const rows = await withPool(dir, async (p) => p.usage().map((u) => ({ ...u, blockSize: p.blockBytes })));
-      const bs = rows[0]?.blockSize ?? 0;
-      out.result(rows.map((r) => ({ name: r.name ?? null, devId: r.devId, size: r.size ?? null, mappedBytes: r.mappedBlocks * bs, exclusiveBytes: r.exclusiveBlocks * bs, sharedBytes: r.sharedBlocks * bs, mappedBlocks: r.mappedBlocks, exclusiveBlocks: r.exclusiveBlocks, sharedBlocks: r.sharedBlocks })),
+      const rows = await callOp(dir, 'ls', {});
+      out.result(rows,
         table([['NAME', 'DEV', 'SIZE', 'MAPPED', 'EXCLUSIVE', 'SHARED'], ...rows.map((r) => [
-          r.name ?? '-', String(r.devId), r.size === undefined ? '-' : formatBytes(r.size),
-          formatBytes(r.mappedBlocks * bs), formatBytes(r.exclusiveBlocks * bs), formatBytes(r.sharedBlocks * bs),
+          r.name ?? '-', String(r.devId), r.size === null ? '-' : formatBytes(r.size),
+          formatBytes(r.mappedBytes), formatBytes(r.exclusiveBytes), formatBytes(r.sharedBytes),
         ])]));
     }));
 
   program.command('status <pool>')
     .description('dmsetup status lines for the pool and its named devices')
     .action(run(async (out, dir: string) => {
-      const s = await withPool(dir, async (p) => {
-        await p.commit();
-        return poolStatus(p);
-      });
+      const s = await callOp(dir, 'status', {});
       out.result(s, statusLines(s));
     }));
 
   program.command('info <pool>')
     .description('pool facts: sizes, features, mode, low-water events, caches')
     .action(run(async (out, dir: string) => {
-      const s = await withPool(dir, async (p) => ({ ...poolStatus(p), config: p.config, nrDataBlocks: p.md.nrDataBlocks, time: p.md.sb.time }));
+      const s = await callOp(dir, 'info', {});
       out.result(s, [
         `pool ${s.name}: ${s.nrDataBlocks} blocks of ${formatBytes(s.blockSize)}, ${s.data.used} used; metadata ${s.metadata.used}/${s.metadata.total} blocks`,
         `mode ${s.mode}, ${s.discard}, ${s.noSpace}${s.needsCheck ? ', needs_check' : ''}; transaction ${s.transactionId}, time ${s.time}`,
         `low water mark ${s.lowWaterMark} blocks, events ${s.lowWaterEvents}; metadata snapshot ${s.heldRoot ?? '-'}`,
+        ...(s.mountpoint ? [`served at ${s.mountpoint}; open: ${s.openDevices.join(' ') || '-'}`] : []),
       ]);
     }));
 }
@@ -202,16 +192,14 @@ function ioCommands(program: Command): void {
     .option('--offset <bytes>', 'start', '0')
     .option('--length <bytes>', 'how many (default: to the end)')
     .action(run(async (_out, dir: string, name: string, o: { offset: string; length?: string }) => {
-      await withPool(dir, async (p) => {
-        const d = p.device(name);
+      await withSession(dir, async (session) => {
+        const d = await session.call('size', { name });
         const offset = parseCount(o.offset, '--offset');
         const length = o.length === undefined ? Math.max(0, d.size - offset) : parseCount(o.length, '--length');
         if (offset + length > d.size) throw new ThinError('OUT_OF_RANGE', `read at ${offset}+${length} is past the end of ${name} (${d.size} bytes)`);
-        const chunk = 1 << 20;
-        for (let at = 0; at < length; at += chunk) {
-          const buf = Buffer.alloc(Math.min(chunk, length - at));
-          await p.read(d.devId, buf, offset + at, d.size, name);
-          if (!process.stdout.write(buf)) await new Promise((r) => process.stdout.once('drain', r));
+        for (let at = 0; at < length; at += IO_PIECE) {
+          const piece = await session.call('read', { name, offset: offset + at, length: Math.min(IO_PIECE, length - at) });
+          if (!process.stdout.write(Buffer.from(piece.data, 'base64'))) await new Promise((r) => process.stdout.once('drain', r));
         }
       });
     }));
@@ -220,14 +208,25 @@ function ioCommands(program: Command): void {
     .description('write stdin to the device')
     .option('--offset <bytes>', 'start', '0')
     .action(run(async (out, dir: string, name: string, o: { offset: string }) => {
-      const written = await withPool(dir, async (p) => {
-        const d = p.device(name);
+      const written = await withSession(dir, async (session) => {
         let at = parseCount(o.offset, '--offset');
         const start = at;
+        let pending: Buffer[] = [];
+        let size = 0;
+        const send = async () => {
+          const data = Buffer.concat(pending);
+          pending = [];
+          size = 0;
+          if (data.length === 0) return;
+          await session.call('write', { name, offset: at, data: data.toString('base64') });
+          at += data.length;
+        };
         for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
-          await p.write(d.devId, chunk, at, d.size, name);
-          at += chunk.length;
+          pending.push(chunk);
+          size += chunk.length;
+          if (size >= IO_PIECE) await send();
         }
+        await send();
         return at - start;
       });
       out.result({ written });
@@ -238,12 +237,9 @@ function ioCommands(program: Command): void {
     .option('--offset <bytes>', 'start', '0')
     .option('--length <bytes>', 'how many (default: to the end)')
     .action(run(async (out, dir: string, name: string, o: { offset: string; length?: string }) => {
-      const n = await withPool(dir, async (p) => {
-        const d = p.device(name);
-        const offset = parseCount(o.offset, '--offset');
-        const length = o.length === undefined ? Math.max(0, d.size - offset) : parseCount(o.length, '--length');
-        return p.discard(d.devId, offset, length, d.size, name);
-      });
+      const offset = parseCount(o.offset, '--offset');
+      const r = await callOp(dir, 'discard', o.length === undefined ? { name, offset } : { name, offset, length: parseCount(o.length, '--length') });
+      const n = r.unmappedBlocks;
       out.result({ unmappedBlocks: n }, [`unmapped ${n} blocks`]);
     }));
 
@@ -256,30 +252,29 @@ function ioCommands(program: Command): void {
       if (name !== undefined) {
         if (o.size === undefined) throw new ThinError('EINVAL_ARG', 'resize POOL NAME needs --size');
         const size = deviceSize(o.size);
-        const d = await withPool(dir, async (p) => p.resizeDevice(name, size));
+        const d = await callOp(dir, 'resizeDevice', { name, size });
         out.result(d, [`${name} is now ${formatBytes(d.size)}`]);
         return;
       }
       if (o.dataSize === undefined && o.metadataSize === undefined) throw new ThinError('EINVAL_ARG', 'resize POOL needs --data-size or --metadata-size');
-      await withPool(dir, async (p) => {
-        if (o.dataSize !== undefined) {
-          const n = parseSize(o.dataSize, '--data-size');
-          checkDataSize(n, p.blockBytes);
-          await p.resizeData(n);
-        }
-        if (o.metadataSize !== undefined) {
-          const n = parseSize(o.metadataSize, '--metadata-size');
-          checkMetadataSize(n);
-          await p.resizeMetadata(n);
-        }
-      });
+      const args: { dataSize?: number; metadataSize?: number } = {};
+      if (o.dataSize !== undefined) args.dataSize = parseSize(o.dataSize, '--data-size');
+      if (o.metadataSize !== undefined) {
+        args.metadataSize = parseSize(o.metadataSize, '--metadata-size');
+        checkMetadataSize(args.metadataSize);
+      }
+      if (args.dataSize !== undefined) {
+        const config = await callOp(dir, 'info', {});
+        checkDataSize(args.dataSize, config.blockSize);
+      }
+      await callOp(dir, 'resizePool', args);
       out.result({ pool: dir }, [`resized ${dir}`]);
     }));
 
   program.command('trim <pool>')
     .description('punch holes for every free data block')
     .action(run(async (out, dir: string) => {
-      const n = await withPool(dir, (p) => p.trim());
+      const n = (await callOp(dir, 'trim', {})).punchedBlocks;
       out.result({ punchedBlocks: n }, [`punched ${n} free blocks`]);
     }));
 }

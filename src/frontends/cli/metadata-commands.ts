@@ -7,12 +7,11 @@ import { SECTOR } from '../../base/units.js';
 import { FileBacking } from '../../io/file-backing.js';
 import { lockPool } from '../../io/lock.js';
 import { checkMetadata } from '../../pool/check.js';
-import { dumpMetadata } from '../../pool/dump.js';
 import { NEEDS_CHECK, decodeSuperblock, encodeSuperblock } from '../../pool/format.js';
-import { DATA_FILE, METADATA_FILE, Pool } from '../../pool/pool.js';
+import { DATA_FILE, METADATA_FILE } from '../../pool/pool.js';
 import { restoreMetadata } from '../../pool/restore.js';
 import { checkMetadataSize } from '../../pool/validate.js';
-import { XmlDumpWriter } from '../../pool/xml.js';
+import { callOp } from './session.js';
 import type { Out } from './output.js';
 
 // dump, restore and check: the thin_dump / thin_restore / thin_check trio on
@@ -20,23 +19,13 @@ import type { Out } from './output.js';
 
 type Run = <A extends unknown[]>(fn: (out: Out, ...args: A) => Promise<void>) => (...args: A) => Promise<void>;
 
-function writeOut(s: string): void {
-  process.stdout.write(s);
-}
-
 export function dumpCommand(program: Command, run: Run): void {
   program.command('dump <pool>')
     .description("print the metadata as thin_dump's XML (byte-identical)")
     .option('-m, --metadata-snap', 'dump the held metadata snapshot')
     .action(run(async (_out, dir: string, o: { metadataSnap?: boolean }) => {
-      const pool = await Pool.open(dir, { oneShot: true });
-      try {
-        await pool.commit();
-        if (o.metadataSnap && pool.md.sb.heldRoot === 0) throw new ThinError('SNAP_NOT_HELD', 'no metadata snapshot is held; send reserve_metadata_snap first');
-        dumpMetadata(pool.md, new XmlDumpWriter(writeOut), { metadataSnap: Boolean(o.metadataSnap) });
-      } finally {
-        await pool.close();
-      }
+      const { xml } = await callOp(dir, 'dump', { metadataSnap: Boolean(o.metadataSnap) });
+      process.stdout.write(xml);
     }));
 }
 

@@ -1,0 +1,184 @@
+import { ThinError } from '../base/errors.js';
+import type { DevId } from '../base/units.js';
+import { type PoolConfig, writeConfig } from '../pool/config.js';
+import { dumpMetadata } from '../pool/dump.js';
+import type { Pool } from '../pool/pool.js';
+import { poolStatus } from '../pool/status.js';
+import { XmlDumpWriter } from '../pool/xml.js';
+
+// The operations a user can ask of an open pool. The CLI runs them in its
+// own process when no daemon holds the pool, and sends them over the
+// control socket when `thinfuse serve` does, so both paths share one
+// implementation. Arguments and results are plain JSON.
+
+/** What a serving daemon adds: open-file checks and kernel cache upkeep. */
+export interface ServeHooks {
+  mountpoint: string;
+  /** Names of device files open through FUSE (attached loop devices, ...). */
+  openDevices(): string[];
+  /** A device's contents changed behind the kernel's page cache. */
+  changed(name: string): Promise<void>;
+  /** A device's size changed: loop devices re-read it (losetup -c). */
+  resized(name: string): Promise<void>;
+}
+
+export interface OpContext {
+  pool: Pool;
+  serve?: ServeHooks;
+}
+
+/** Largest piece of device data one read or write request carries. */
+export const IO_PIECE = 4 << 20;
+
+function refuseIfOpen(c: OpContext, name: string, what: string): void {
+  if (c.serve?.openDevices().includes(name)) {
+    throw new ThinError('DEV_BUSY', `cannot ${what} ${name}: it is open (attached to a loop device?); detach it first`, { name });
+  }
+}
+
+function namedOf(c: OpContext, devId: DevId): string | undefined {
+  return c.pool.registry.byId(devId)?.name;
+}
+
+export const OPS = {
+  async message(c: OpContext, a: { message: string }) {
+    const words = a.message.trim().split(/\s+/);
+    if (words[0]?.toLowerCase() === 'delete' && words[1] !== undefined && /^\d+$/.test(words[1])) {
+      const name = namedOf(c, Number(words[1]) as DevId);
+      if (name) refuseIfOpen(c, name, 'delete');
+    }
+    await c.pool.message(a.message);
+    return { message: a.message };
+  },
+
+  async activate(c: OpContext, a: { name: string; devId: number; size: number }) {
+    return c.pool.activate(a.name, a.devId as DevId, a.size);
+  },
+
+  async create(c: OpContext, a: { name: string; size: number; devId?: number }) {
+    const d = await c.pool.createDevice(a.name, a.size, a.devId as DevId | undefined);
+    await c.serve?.changed(a.name);
+    return d;
+  },
+
+  async snapshot(c: OpContext, a: { origin: string; name: string; size?: number }) {
+    const d = await c.pool.snapshot(a.origin, a.name, a.size);
+    await c.serve?.changed(a.name);
+    return d;
+  },
+
+  async remove(c: OpContext, a: { name: string }) {
+    refuseIfOpen(c, a.name, 'remove');
+    await c.pool.remove(a.name);
+    return { removed: a.name };
+  },
+
+  async deactivate(c: OpContext, a: { name: string }) {
+    refuseIfOpen(c, a.name, 'deactivate');
+    c.pool.deactivate(a.name);
+    return { deactivated: a.name };
+  },
+
+  async ls(c: OpContext) {
+    const bs = c.pool.blockBytes;
+    return c.pool.usage().map((u) => ({
+      name: u.name ?? null,
+      devId: u.devId,
+      size: u.size ?? null,
+      mappedBytes: u.mappedBlocks * bs,
+      exclusiveBytes: u.exclusiveBlocks * bs,
+      sharedBytes: u.sharedBlocks * bs,
+      mappedBlocks: u.mappedBlocks,
+      exclusiveBlocks: u.exclusiveBlocks,
+      sharedBlocks: u.sharedBlocks,
+    }));
+  },
+
+  async status(c: OpContext) {
+    await c.pool.commit();
+    return poolStatus(c.pool);
+  },
+
+  async info(c: OpContext) {
+    const p = c.pool;
+    return { ...poolStatus(p), config: p.config, nrDataBlocks: p.md.nrDataBlocks, time: p.md.sb.time, mountpoint: c.serve?.mountpoint ?? null, openDevices: c.serve?.openDevices() ?? [] };
+  },
+
+  async read(c: OpContext, a: { name: string; offset: number; length: number }) {
+    const d = c.pool.device(a.name);
+    const buf = Buffer.alloc(Math.min(a.length, IO_PIECE));
+    await c.pool.read(d.devId, buf, a.offset, d.size, a.name);
+    return { data: buf.toString('base64'), size: d.size };
+  },
+
+  async write(c: OpContext, a: { name: string; offset: number; data: string }) {
+    const d = c.pool.device(a.name);
+    const buf = Buffer.from(a.data, 'base64');
+    await c.pool.write(d.devId, buf, a.offset, d.size, a.name);
+    await c.serve?.changed(a.name);
+    return { written: buf.length };
+  },
+
+  async discard(c: OpContext, a: { name: string; offset: number; length?: number }) {
+    const d = c.pool.device(a.name);
+    const length = a.length ?? Math.max(0, d.size - a.offset);
+    const n = await c.pool.discard(d.devId, a.offset, length, d.size, a.name);
+    await c.serve?.changed(a.name);
+    return { unmappedBlocks: n };
+  },
+
+  async size(c: OpContext, a: { name: string }) {
+    return c.pool.device(a.name);
+  },
+
+  async resizeDevice(c: OpContext, a: { name: string; size: number }) {
+    const d = c.pool.resizeDevice(a.name, a.size);
+    await c.serve?.resized(a.name);
+    return d;
+  },
+
+  async resizePool(c: OpContext, a: { dataSize?: number; metadataSize?: number }) {
+    if (a.dataSize !== undefined) await c.pool.resizeData(a.dataSize);
+    if (a.metadataSize !== undefined) await c.pool.resizeMetadata(a.metadataSize);
+    return { nrDataBlocks: c.pool.md.nrDataBlocks, metadataBlocks: c.pool.md.msm.nrBlocks };
+  },
+
+  async trim(c: OpContext) {
+    return { punchedBlocks: await c.pool.trim() };
+  },
+
+  async config(c: OpContext) {
+    return c.pool.config;
+  },
+
+  async setConfig(c: OpContext, a: { config: PoolConfig }) {
+    writeConfig(c.pool.dir, a.config);
+    Object.assign(c.pool.config.features, a.config.features);
+    c.pool.config.lowWaterMark = a.config.lowWaterMark;
+    c.pool.config.noSpaceTimeout = a.config.noSpaceTimeout;
+    return a.config;
+  },
+
+  async dump(c: OpContext, a: { metadataSnap?: boolean }) {
+    await c.pool.commit();
+    if (a.metadataSnap && c.pool.md.sb.heldRoot === 0) {
+      throw new ThinError('SNAP_NOT_HELD', 'no metadata snapshot is held; send reserve_metadata_snap first');
+    }
+    const chunks: string[] = [];
+    const w = new XmlDumpWriter((s) => chunks.push(s));
+    dumpMetadata(c.pool.md, w, { metadataSnap: Boolean(a.metadataSnap) });
+    w.flush();
+    return { xml: chunks.join('') };
+  },
+} as const;
+
+export type OpName = keyof typeof OPS;
+type ArgOf<F> = F extends (c: OpContext, a: infer A) => unknown ? A : Record<string, never>;
+export type OpArgs<K extends OpName> = ArgOf<(typeof OPS)[K]>;
+export type OpResult<K extends OpName> = Awaited<ReturnType<(typeof OPS)[K]>>;
+
+export async function runOp(c: OpContext, op: string, args: unknown): Promise<unknown> {
+  const fn = (OPS as Record<string, (c: OpContext, a: unknown) => Promise<unknown>>)[op];
+  if (!fn) throw new ThinError('EINVAL_ARG', `unknown operation '${op}'`);
+  return fn(c, args ?? {});
+}
