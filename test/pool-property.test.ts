@@ -258,7 +258,7 @@ async function runCmd(w: World, c: Cmd): Promise<void> {
     case 'deactivate': {
       const id = pick(named, c.dev);
       if (id === undefined) return;
-      w.pool.deactivate(model.dev(id).name!);
+      await w.pool.deactivate(model.dev(id).name!);
       model.dev(id).name = undefined;
       return;
     }

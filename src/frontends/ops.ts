@@ -75,7 +75,7 @@ export const OPS = {
 
   async deactivate(c: OpContext, a: { name: string }) {
     refuseIfOpen(c, a.name, 'deactivate');
-    c.pool.deactivate(a.name);
+    await c.pool.deactivate(a.name);
     return { deactivated: a.name };
   },
 
@@ -132,7 +132,7 @@ export const OPS = {
   },
 
   async resizeDevice(c: OpContext, a: { name: string; size: number }) {
-    const d = c.pool.resizeDevice(a.name, a.size);
+    const d = await c.pool.resizeDevice(a.name, a.size);
     await c.serve?.resized(a.name);
     return d;
   },

@@ -58,6 +58,8 @@ export class Pool {
   private lowWaterArmed = true;
   private commitRunning: Promise<void> | undefined;
   private readonly cells = new KeyedLock();
+  /** Serializes changes to device names: the registry has one intent slot. */
+  private readonly naming = new KeyedLock();
   private readonly reading = new Counter<number>();
   private readonly writing = new Map<number, number>();
   private readonly suspended = new Map<number, Promise<void>>();
@@ -483,6 +485,38 @@ export class Pool {
     return unmapped;
   }
 
+  /**
+   * Makes a range read back as zeros, as punching a hole in a file does:
+   * whole blocks are discarded, the partial blocks at the edges written with
+   * zeros where mapped (which breaks sharing, and may allocate, on a shared
+   * block). Discards that the pool ignores still zero the range.
+   */
+  async punch(dev: DevId, offset: number, length: number, size: number, name = `device ${dev}`): Promise<void> {
+    this.checkRange(size, offset, length, name);
+    const first = Math.ceil(offset / this.blockBytes) * this.blockBytes;
+    const end = Math.floor((offset + length) / this.blockBytes) * this.blockBytes;
+    const edges: Array<[number, number]> = first >= end
+      ? [[offset, length]]
+      : [[offset, first - offset], [end, offset + length - end]];
+    if (first < end) {
+      if (this.config.features.ignoreDiscard || this.mode === 'read_only') edges.push([first, end - first]);
+      else await this.discard(dev, first, end - first, size, name);
+    }
+    for (const [at, len] of edges) await this.zeroMapped(dev, at, len, size, name);
+  }
+
+  /** Writes zeros over the mapped blocks of a range; unmapped ones already read as zeros. */
+  private async zeroMapped(dev: DevId, offset: number, length: number, size: number, name: string): Promise<void> {
+    for (const p of this.pieces(offset, length)) {
+      if (!(await this.guard(() => this.md.lookup(dev, p.vb)))) continue;
+      const zeros = Buffer.alloc(Math.min(p.len, IO_CHUNK));
+      for (let done = 0; done < p.len; done += zeros.length) {
+        const n = Math.min(zeros.length, p.len - done);
+        await this.write(dev, zeros.subarray(0, n), offset + p.at + done, size, name);
+      }
+    }
+  }
+
   //----------------------------------------------------------------------------
   // quiescing a device (dm's suspend/resume) so a snapshot is a consistent point
 
@@ -558,6 +592,10 @@ export class Pool {
 
   /** Deletes a device; a named one loses its name in the same step. */
   private async deleteDevice(dev: DevId): Promise<void> {
+    await this.renaming(() => this.deleteDeviceNow(dev));
+  }
+
+  private async deleteDeviceNow(dev: DevId): Promise<void> {
     this.md.getDetails(dev);
     if (this.writing.has(dev)) throw new ThinError('DEV_BUSY', `thin device ${dev} is busy (I/O in flight)`);
     const named = this.registry.byId(dev);
@@ -585,6 +623,17 @@ export class Pool {
     return id as DevId;
   }
 
+  /** Runs a change of names (and the metadata change behind it) alone. */
+  private async renaming<T>(fn: () => Promise<T>): Promise<T> {
+    const release = await this.naming.acquire('registry');
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+
+  /** Intent, metadata change and commit, then the name: a crash leaves no dangling name. */
   private async addNamed(d: NamedDevice, makeIt: () => Promise<void>): Promise<NamedDevice> {
     this.registry.requireFreeName(d.name);
     this.registry.begin({ op: 'add', device: d });
@@ -601,30 +650,36 @@ export class Pool {
 
   /** Names and sizes an existing device (dmsetup create ... thin POOL ID). */
   async activate(name: string, devId: DevId, size: number): Promise<NamedDevice> {
-    this.md.getDetails(devId);
-    const other = this.registry.byId(devId);
-    if (other) throw new ThinError('DEV_EXISTS', `thin device ${devId} is already active as '${other.name}'`);
-    return this.addNamed({ name, devId, size }, async () => {});
+    return this.renaming(async () => {
+      this.md.getDetails(devId);
+      const other = this.registry.byId(devId);
+      if (other) throw new ThinError('DEV_EXISTS', `thin device ${devId} is already active as '${other.name}'`);
+      return this.addNamed({ name, devId, size }, async () => {});
+    });
   }
 
   async createDevice(name: string, size: number, devId?: DevId): Promise<NamedDevice> {
-    this.registry.requireFreeName(name);
-    const id = devId ?? this.lowestFreeDevId();
-    if (this.mode === 'read_only' || this.mode === 'fail') this.requireWritable();
-    return this.addNamed({ name, devId: id, size }, () => this.change(() => this.md.createThin(id)));
+    return this.renaming(async () => {
+      this.registry.requireFreeName(name);
+      this.requireWritable();
+      const id = devId ?? this.lowestFreeDevId();
+      return this.addNamed({ name, devId: id, size }, () => this.change(() => this.md.createThin(id)));
+    });
   }
 
   async snapshot(originName: string, name: string, size?: number): Promise<NamedDevice> {
-    const origin = this.registry.get(originName);
-    this.registry.requireFreeName(name);
-    this.requireWritable();
-    const id = this.lowestFreeDevId();
-    return this.addNamed({ name, devId: id, size: size ?? origin.size }, () =>
-      this.quiesced(origin.devId, async () => {
-        await this.change(() => this.md.createSnap(id, origin.devId));
-        await this.commit();
-      }),
-    );
+    return this.renaming(async () => {
+      const origin = this.registry.get(originName);
+      this.registry.requireFreeName(name);
+      this.requireWritable();
+      const id = this.lowestFreeDevId();
+      return this.addNamed({ name, devId: id, size: size ?? origin.size }, () =>
+        this.quiesced(origin.devId, async () => {
+          await this.change(() => this.md.createSnap(id, origin.devId));
+          await this.commit();
+        }),
+      );
+    });
   }
 
   /** Deletes the device and its name (lvremove). */
@@ -635,15 +690,19 @@ export class Pool {
   }
 
   /** Drops the name and size only (dmsetup remove); the data stays. */
-  deactivate(name: string): void {
-    this.registry.get(name);
-    this.registry.delete(name);
+  async deactivate(name: string): Promise<void> {
+    await this.renaming(async () => {
+      this.registry.get(name);
+      this.registry.delete(name);
+    });
   }
 
-  resizeDevice(name: string, size: number): NamedDevice {
-    const d = { ...this.registry.get(name), size };
-    this.registry.set(d);
-    return d;
+  async resizeDevice(name: string, size: number): Promise<NamedDevice> {
+    return this.renaming(async () => {
+      const d = { ...this.registry.get(name), size };
+      this.registry.set(d);
+      return d;
+    });
   }
 
   //----------------------------------------------------------------------------
