@@ -1,0 +1,87 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import { ThinError } from '../../base/errors.js';
+
+// Loop devices and mounts, through util-linux. Every command names exactly
+// the device or mountpoint it acts on.
+
+function run(cmd: string, args: string[]): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (e) {
+    const err = e as { stderr?: string; message: string; code?: string };
+    if (err.code === 'ENOENT') throw new ThinError('IO_ERROR', `${cmd} not found: install util-linux`);
+    const why = (err.stderr ?? err.message).trim().split('\n')[0];
+    throw new ThinError('IO_ERROR', `${cmd} ${args.join(' ')}: ${why}`);
+  }
+}
+
+export function attachLoop(file: string, directIo?: boolean): string {
+  const args = ['--find', '--show'];
+  if (directIo !== undefined) args.push(`--direct-io=${directIo ? 'on' : 'off'}`);
+  return run('losetup', [...args, file]).trim();
+}
+
+export function detachLoop(dev: string): void {
+  run('losetup', ['-d', dev]);
+}
+
+/** Loop devices whose backing file is `file`. */
+export function loopsOf(file: string): string[] {
+  const out = run('losetup', ['--noheadings', '--output', 'NAME,BACK-FILE', '--list']);
+  return out.split('\n').map((l) => l.trim().split(/\s+/)).filter((f) => f.length >= 2 && f.slice(1).join(' ') === file).map((f) => f[0]!);
+}
+
+/** The kernel re-reads a loop device's size from its backing file. */
+export function refreshLoop(dev: string): void {
+  run('losetup', ['-c', dev]);
+}
+
+/** Drops a block device's page cache, after its contents changed behind it. */
+export function flushBuffers(dev: string): void {
+  run('blockdev', ['--flushbufs', dev]);
+}
+
+export function loopBackingFile(dev: string): string | undefined {
+  const name = dev.replace(/^\/dev\//, '');
+  try {
+    return fs.readFileSync(`/sys/block/${name}/loop/backing_file`, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+export interface MountEntry {
+  mountpoint: string;
+  fstype: string;
+  source: string;
+}
+
+/** /proc/self/mountinfo, with octal escapes undone. */
+export function mounts(): MountEntry[] {
+  const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((line) => {
+    const [left, right] = line.split(' - ');
+    const f = left!.split(' ');
+    const r = right!.split(' ');
+    return { mountpoint: unescape(f[4]!), fstype: r[0]!, source: unescape(r[1]!) };
+  });
+}
+
+/** The mount that holds `path` (longest mountpoint prefix). */
+export function mountOf(path: string): MountEntry | undefined {
+  let best: MountEntry | undefined;
+  for (const m of mounts()) {
+    const inside = path === m.mountpoint || path.startsWith(m.mountpoint.endsWith('/') ? m.mountpoint : `${m.mountpoint}/`);
+    if (inside && (!best || m.mountpoint.length >= best.mountpoint.length)) best = m;
+  }
+  return best;
+}
+
+export function unmountFuse(mountpoint: string): void {
+  run('fusermount', ['-u', mountpoint]);
+}
+
+export function fsfreeze(dir: string, freeze: boolean): void {
+  run('fsfreeze', [freeze ? '--freeze' : '--unfreeze', dir]);
+}
