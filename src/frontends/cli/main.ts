@@ -11,6 +11,7 @@ import { callOp, withSession } from './session.js';
 import { checkBlockSize, checkDataSize, checkDeviceSize, checkMetadataSize } from '../../pool/validate.js';
 import { dumpCommand, restoreCommand, checkCommand } from './metadata-commands.js';
 import { makeOut, type Out, reportError, table } from './output.js';
+import { serveCommands, withFrozen } from './serve-commands.js';
 
 // The `thinfuse` command. Each action parses its arguments, opens the pool
 // (taking its lock), does one thing through the pool API, and prints the
@@ -135,9 +136,10 @@ function deviceCommands(program: Command): void {
   program.command('snapshot <pool> <origin> <name>')
     .description('snapshot a thin device (O(1), any depth)')
     .option('--size <size>', 'virtual size (default: the origin\'s)')
-    .action(run(async (out, dir: string, origin: string, name: string, o: { size?: string }) => {
+    .option('--freeze <mounted-dir>', 'fsfreeze the filesystem mounted there around the snapshot')
+    .action(run(async (out, dir: string, origin: string, name: string, o: { size?: string; freeze?: string }) => {
       const size = o.size === undefined ? undefined : deviceSize(o.size);
-      const d = await callOp(dir, 'snapshot', size === undefined ? { origin, name } : { origin, name, size });
+      const d = await withFrozen(o.freeze, () => callOp(dir, 'snapshot', size === undefined ? { origin, name } : { origin, name, size }));
       out.result(d, [`created snapshot ${d.name} of ${origin} (dev id ${d.devId})`]);
     }));
 
@@ -291,6 +293,7 @@ export function buildProgram(): Command {
   dumpCommand(program, run);
   restoreCommand(program, run);
   checkCommand(program, run);
+  serveCommands(program, run);
   for (const c of program.commands) {
     c.addOption(new Option('--json', 'print the result as JSON'));
     for (const s of c.commands) s.addOption(new Option('--json', 'print the result as JSON'));

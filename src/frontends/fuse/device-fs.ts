@@ -2,6 +2,7 @@ import os from 'node:os';
 import { type ErrorCode, isThinError } from '../../base/errors.js';
 import type { Pool } from '../../pool/pool.js';
 import type { NamedDevice } from '../../pool/registry.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, type FuseOps } from './fuse-native.js';
 
 // The FUSE view of a pool: one regular file per named thin device, sized as
 // the device, whose bytes are the device's. Errors become errno here and
@@ -26,11 +27,8 @@ export function toErrno(e: unknown): number {
   return -(isThinError(e) ? ERRNO[e.code] ?? E.EIO : E.EIO);
 }
 
-const FALLOC_FL_KEEP_SIZE = 0x01;
-const FALLOC_FL_PUNCH_HOLE = 0x02;
-const FALLOC_FL_ZERO_RANGE = 0x10;
-
-type Cb = (code: number, ...rest: unknown[]) => void;
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- fuse-native's callbacks take op-specific extras
+type Cb = (code: number, ...rest: any[]) => void;
 
 export interface DeviceFsEvents {
   /** A request failed; for the daemon's log. */
@@ -80,7 +78,7 @@ export class DeviceFs {
     return { mtime: t, atime: t, ctime: t, nlink: 1, size: d.size, mode: 0o100600, uid: 0, gid: 0, blocks: Math.ceil(d.size / 512), blksize: this.pool.blockBytes };
   }
 
-  ops() {
+  ops(): FuseOps {
     const dirStat = { mtime: this.started, atime: this.started, ctime: this.started, nlink: 2, size: 4096, mode: 0o40755, uid: 0, gid: 0 };
     return {
       readdir: (path: string, cb: Cb) => {
@@ -131,7 +129,7 @@ export class DeviceFs {
         });
       },
       flush: (_path: string, _fd: number, cb: Cb) => cb(0),
-      fsync: (path: string, _fd: number, _datasync: boolean, cb: Cb) => {
+      fsync: (path: string, _datasync: number, _fd: number, cb: Cb) => {
         this.track('fsync', path.slice(1), cb, async () => {
           await this.pool.flush();
           return 0;

@@ -1,0 +1,172 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { isThinError, ThinError } from '../../base/errors.js';
+import { Pool } from '../../pool/pool.js';
+import { DeviceFs } from '../fuse/device-fs.js';
+import { type FuseInstance, loadFuse } from '../fuse/fuse-native.js';
+import { runOp, type ServeHooks } from '../ops.js';
+import { flushBuffers, loopBackingFile, loopsOf, mountOf, mounts, refreshLoop, unmountFuse } from '../system/loop.js';
+import { ControlServer } from './control.js';
+
+// `thinfuse serve`: the pool held open, its named devices served as files
+// through FUSE, pool commands taken over the control socket, a commit every
+// second and on every fsync. It stops only when no device file is open, and
+// never unmounts lazily (that would cut filesystems mounted on top loose).
+
+export interface ServeOptions {
+  cacheBlocks?: number;
+  log: (line: string) => void;
+}
+
+/** Mount options: 128 KiB writes (libfuse2's largest), no page cache of our own. */
+export function mountOptions(poolName: string): string {
+  const safe = poolName.replace(/[^A-Za-z0-9_.-]/g, '_');
+  return `thinfuse-${safe},big_writes,max_write=131072,max_read=131072,direct_io,attr_timeout=0,entry_timeout=0,negative_timeout=0,default_permissions`;
+}
+
+function isOurs(fstype: string, source: string): boolean {
+  return fstype.startsWith('fuse') && source.startsWith('thinfuse-');
+}
+
+/** Refuses a missing or busy mountpoint; clears our own stale mount (ENOTCONN). */
+function prepareMountpoint(mountpoint: string, log: (s: string) => void): void {
+  const mount = mounts().find((m) => m.mountpoint === mountpoint);
+  let stale = false;
+  try {
+    const st = fs.statSync(mountpoint);
+    if (!st.isDirectory()) throw new ThinError('EINVAL_ARG', `mountpoint ${mountpoint} is not a directory`);
+  } catch (e) {
+    if (isThinError(e)) throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new ThinError('EINVAL_ARG', `mountpoint ${mountpoint} does not exist; create it first (mkdir -p)`);
+    if (code !== 'ENOTCONN') throw new ThinError('IO_ERROR', `cannot use mountpoint ${mountpoint}: ${(e as Error).message}`);
+    stale = true;
+  }
+  if (!mount) return;
+  if (stale && isOurs(mount.fstype, mount.source)) {
+    log(`clearing the stale mount a dead thinfuse left at ${mountpoint}`);
+    unmountFuse(mountpoint);
+    return;
+  }
+  throw new ThinError('DEV_BUSY', `mountpoint ${mountpoint} is busy (${mount.fstype} from ${mount.source} is mounted there); unmount it or pick another`);
+}
+
+/** A pool kept on a filesystem that this daemon itself backs would deadlock. */
+function refuseSelfBacked(poolDir: string, mountpoint: string): void {
+  const real = fs.realpathSync(poolDir);
+  const inside = (p: string) => p === mountpoint || p.startsWith(`${mountpoint}/`);
+  if (inside(real)) throw new ThinError('EINVAL_ARG', `pool ${poolDir} lies inside the mountpoint ${mountpoint}; that would deadlock`);
+  const m = mountOf(real);
+  const backing = m?.source.startsWith('/dev/loop') ? loopBackingFile(m.source) : undefined;
+  if (backing && inside(backing)) {
+    throw new ThinError('EINVAL_ARG', `pool ${poolDir} lies on ${m!.source}, which is backed by ${backing} from this very mount; that would deadlock`);
+  }
+}
+
+function lowerOomScore(log: (s: string) => void): void {
+  try {
+    fs.writeFileSync('/proc/self/oom_score_adj', '-900');
+  } catch (e) {
+    log(`could not lower oom_score_adj: ${(e as Error).message}`);
+  }
+}
+
+function callback(fn: (cb: (err: Error | null) => void) => void): Promise<void> {
+  return new Promise((resolve, reject) => fn((err) => (err ? reject(err) : resolve())));
+}
+
+export class Server {
+  private timer: NodeJS.Timeout | undefined;
+  private stopping = false;
+  private done!: () => void;
+  readonly finished = new Promise<void>((r) => (this.done = r));
+
+  private constructor(
+    readonly pool: Pool,
+    readonly mountpoint: string,
+    private readonly devices: DeviceFs,
+    private readonly fuse: FuseInstance,
+    private control: ControlServer | undefined,
+    private readonly log: (s: string) => void,
+  ) {}
+
+  static async start(poolDir: string, mountpointArg: string, o: ServeOptions): Promise<Server> {
+    const mountpoint = path.resolve(mountpointArg);
+    prepareMountpoint(mountpoint, o.log);
+    if (!fs.existsSync(path.join(poolDir, 'metadata'))) {
+      throw new ThinError('POOL_MISSING', `no pool in ${poolDir} (no metadata file); create one with thinfuse pool create`);
+    }
+    refuseSelfBacked(poolDir, mountpoint);
+    lowerOomScore(o.log);
+    const pool = await Pool.open(poolDir, o.cacheBlocks === undefined ? {} : { cacheBlocks: o.cacheBlocks });
+    try {
+      const devices = new DeviceFs(pool, { error: (op, name, e) => o.log(`${op} ${name}: ${(e as Error).message}`) });
+      const Fuse = loadFuse();
+      const fuse = new Fuse(mountpoint, devices.ops(), { fsname: mountOptions(pool.name), force: false, mkdir: false });
+      await callback((cb) => fuse.mount(cb));
+      const server = new Server(pool, mountpoint, devices, fuse, undefined, o.log);
+      await server.listen();
+      server.timer = setInterval(() => void server.tick(), 1000);
+      return server;
+    } catch (e) {
+      await pool.close();
+      throw e;
+    }
+  }
+
+  private async listen(): Promise<void> {
+    this.control = await ControlServer.listen(this.pool.dir, (op, args) => runOp({ pool: this.pool, serve: this.hooks() }, op, args));
+  }
+
+  private hooks(): ServeHooks {
+    const file = (name: string) => path.join(this.mountpoint, name);
+    return {
+      mountpoint: this.mountpoint,
+      openDevices: () => this.devices.openDevices(),
+      changed: async (name) => {
+        for (const dev of loopsOf(file(name))) flushBuffers(dev);
+      },
+      resized: async (name) => {
+        for (const dev of loopsOf(file(name))) refreshLoop(dev);
+      },
+    };
+  }
+
+  private async tick(): Promise<void> {
+    try {
+      await this.pool.commit();
+    } catch (e) {
+      this.log(`commit failed: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * Stops unless a device file is open: finishes running requests, commits,
+   * unmounts (never lazily) and closes the pool. Returns false if it refused.
+   */
+  async stop(): Promise<boolean> {
+    if (this.stopping) return false;
+    const open = this.devices.openDevices();
+    if (open.length > 0) {
+      this.log(`refusing to stop: device files open: ${open.join(', ')} (detach them first: thinfuse detach POOL NAME)`);
+      return false;
+    }
+    this.stopping = true;
+    clearInterval(this.timer);
+    await this.control?.close();
+    await this.devices.drain();
+    try {
+      await this.pool.commit();
+      await callback((cb) => this.fuse.unmount(cb));
+    } catch (e) {
+      this.log(`cannot stop yet: ${(e as Error).message}`);
+      this.stopping = false;
+      await this.listen();
+      this.timer = setInterval(() => void this.tick(), 1000);
+      return false;
+    }
+    await this.pool.close();
+    this.done();
+    return true;
+  }
+}
