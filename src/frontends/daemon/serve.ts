@@ -102,7 +102,7 @@ export class Server {
     try {
       const devices = new DeviceFs(pool, { error: (op, name, e) => o.log(`${op} ${name}: ${(e as Error).message}`) });
       const Fuse = loadFuse();
-      const fuse = new Fuse(mountpoint, devices.ops(), { fsname: mountOptions(pool.name), force: false, mkdir: false });
+      const fuse = new Fuse(mountpoint, devices.ops(), { fsname: mountOptions(pool.name), force: false, mkdir: false, timeout: false });
       await callback((cb) => fuse.mount(cb));
       const server = new Server(pool, mountpoint, devices, fuse, undefined, o.log);
       await server.listen();
