@@ -4,6 +4,7 @@ import { isThinError, ThinError } from '../base/errors.js';
 import { Counter, KeyedLock } from '../base/keyed-lock.js';
 import { type DataBlock, type DevId, IO_CHUNK, META_BLOCK_SIZE, MAX_META_BLOCKS, SECTOR, type VirtBlock } from '../base/units.js';
 import type { BackingFile } from '../io/backing-file.js';
+import { CachedBacking, type DataCacheStats } from '../io/cached-backing.js';
 import { FileBacking } from '../io/file-backing.js';
 import { lockPool, type PoolLock } from '../io/lock.js';
 import { CONFIG_FILE, type PoolConfig, readConfig, writeConfig } from './config.js';
@@ -28,6 +29,14 @@ export interface PoolOpenOptions {
   oneShot?: boolean;
   /** Wraps the backing files (fault injection, latency). */
   wrap?: (file: BackingFile, which: 'data' | 'metadata') => BackingFile;
+  /** LRU read cache of the data file, in bytes (0: none). */
+  dataCacheBytes?: number;
+}
+
+/** The data file as the pool uses it: wrapped, then cached if asked to. */
+function dataFile(file: BackingFile, opts: PoolOpenOptions): BackingFile {
+  const wrapped = opts.wrap ? opts.wrap(file, 'data') : file;
+  return opts.dataCacheBytes ? new CachedBacking(wrapped, opts.dataCacheBytes) : wrapped;
 }
 
 export interface PoolCreateOptions {
@@ -108,7 +117,7 @@ export class Pool {
       await md.commit(async () => {});
       writeConfig(dir, o.config);
       made.push(path.join(dir, CONFIG_FILE));
-      return new Pool(dir, md, wrap(data, 'data'), o.config, Registry.load(dir), lock, opts);
+      return new Pool(dir, md, dataFile(data, opts), o.config, Registry.load(dir), lock, opts);
     } catch (e) {
       for (const f of made) fs.rmSync(f, { force: true });
       lock.release();
@@ -131,7 +140,7 @@ export class Pool {
       const wrap = opts.wrap ?? ((f) => f);
       meta = wrap(FileBacking.open(metaPath, true), 'metadata');
       const md = PoolMetadata.open(meta, opts);
-      data = wrap(FileBacking.open(path.join(dir, DATA_FILE), true), 'data');
+      data = dataFile(FileBacking.open(path.join(dir, DATA_FILE), true), opts);
       if (data.size() < md.nrDataBlocks * md.dataBlockSize * SECTOR) {
         throw new ThinError('BAD_SUPERBLOCK', `${dir}/data is shorter than the pool's ${md.nrDataBlocks} blocks; restore its length (truncate -s) before opening`);
       }
@@ -748,6 +757,10 @@ export class Pool {
 
   //----------------------------------------------------------------------------
   // reporting
+
+  dataCacheStats(): DataCacheStats | null {
+    return this.data instanceof CachedBacking ? this.data.cacheStats() : null;
+  }
 
   /** Mapped, exclusive and shared block counts of every device, as thin_ls counts them. */
   usage(): DeviceUsage[] {

@@ -21,6 +21,7 @@ export interface PoolStatus {
   lowWaterEvents: number;
   blockSize: number;
   cache: ReturnType<Pool['md']['bm']['cacheStats']>;
+  dataCache: ReturnType<Pool['dataCacheStats']>;
   devices: Array<{ name: string; devId: number; sectors: number; mappedSectors: number; highestSector: number | null; error?: string }>;
 }
 
@@ -45,6 +46,7 @@ export function poolStatus(pool: Pool): PoolStatus {
     lowWaterEvents: pool.lowWaterEvents,
     blockSize: pool.blockBytes,
     cache: md.bm.cacheStats(),
+    dataCache: pool.dataCacheStats(),
     devices: pool.registry.list().filter((d) => md.hasDevice(d.devId)).map((d) => {
       const mapped = md.getDetails(d.devId).mappedBlocks;
       let highest: number | undefined;

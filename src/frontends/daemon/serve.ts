@@ -14,7 +14,10 @@ import { ControlServer } from './control.js';
 // never unmounts lazily (that would cut filesystems mounted on top loose).
 
 export interface ServeOptions {
-  cacheBlocks?: number;
+  /** Metadata block cache, in 4 KiB blocks. */
+  cacheBlocks: number;
+  /** Data block (read) cache, in bytes. */
+  dataCacheBytes: number;
   log: (line: string) => void;
 }
 
@@ -98,7 +101,7 @@ export class Server {
     }
     refuseSelfBacked(poolDir, mountpoint);
     lowerOomScore(o.log);
-    const pool = await Pool.open(poolDir, o.cacheBlocks === undefined ? {} : { cacheBlocks: o.cacheBlocks });
+    const pool = await Pool.open(poolDir, { cacheBlocks: o.cacheBlocks, dataCacheBytes: o.dataCacheBytes });
     try {
       const devices = new DeviceFs(pool, { error: (op, name, e) => o.log(`${op} ${name}: ${(e as Error).message}`) });
       const Fuse = loadFuse();
