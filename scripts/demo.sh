@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
 # The main job: a small pool, a thin device, a snapshot, the real
-# thin-provisioning-tools reading what thinfuse wrote.
+# thin-provisioning-tools reading what thinfuse wrote; then the same pool
+# served through FUSE: attach, mkfs.xfs, mount, write, snapshot under the
+# mounted filesystem, mount the snapshot, status. Cleans up after itself,
+# also when a step fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [[ -f dist/frontends/cli/main.js ]] || npm run build >/dev/null
 thinfuse() { node dist/frontends/cli/main.js "$@"; }
 work=$(mktemp -d /tmp/thinfuse-demo.XXXXXX)
-trap 'rm -rf "$work"' EXIT
 P=$work/P
+serve_pid=""
+mounts=()
+loops=()
+cleanup() {
+  local i
+  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[i]}" 2>/dev/null || true; done
+  for ((i = ${#loops[@]} - 1; i >= 0; i--)); do losetup -d "${loops[i]}" 2>/dev/null || true; done
+  if [[ -n $serve_pid ]] && kill -0 "$serve_pid" 2>/dev/null; then
+    for _ in 1 2 3 4 5 6 7 8 9 10; do sleep 0.3; kill -TERM "$serve_pid" 2>/dev/null || break; kill -0 "$serve_pid" 2>/dev/null || break; done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
 step() { printf '\n$ %s\n' "$*"; }
 
 step thinfuse pool create P --data-size 1G --metadata-size 64M
@@ -39,5 +54,42 @@ step thin_ls -o DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS P/metadata
 thin_ls -o DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS "$P/metadata"
 step du -h P/data P/metadata
 du -h "$P/data" "$P/metadata"
+
+echo
+echo "--- the same pool through FUSE ---"
+mkdir -p "$work/mnt" "$work/base" "$work/snap"
+step thinfuse serve P mnt --daemon
+thinfuse serve "$P" "$work/mnt" --daemon
+serve_pid=$(cat "$P/serve.pid")
+step thinfuse create P vol --size 1G
+thinfuse create "$P" vol --size 1G
+step ls -l mnt
+ls -l "$work/mnt"
+step thinfuse attach P vol
+dev=$(thinfuse attach "$P" vol); loops+=("$dev"); echo "$dev"
+step mkfs.xfs -q "$dev" '&&' mount "$dev" base
+mkfs.xfs -q "$dev"
+mount "$dev" "$work/base"; mounts+=("$work/base")
+step 'cp -r src base/ && sync'
+cp -r src "$work/base/" && sync
+step thinfuse snapshot P vol vol-snap --freeze base
+thinfuse snapshot "$P" vol vol-snap --freeze "$work/base"
+step 'thinfuse attach P vol-snap && mount -o nouuid /dev/loopN snap'
+sdev=$(thinfuse attach "$P" vol-snap); loops+=("$sdev")
+mount -o nouuid "$sdev" "$work/snap"; mounts+=("$work/snap")
+step 'echo changed > snap/new-file; diff -r base/src snap/src'
+echo changed > "$work/snap/new-file"
+diff -r "$work/base/src" "$work/snap/src" && echo "the snapshot holds the same files; base does not see snap's new file: $(ls "$work/base" | tr '\n' ' ')"
+step thinfuse status P
+thinfuse status "$P"
+step thinfuse ls P
+thinfuse ls "$P"
+step 'umount, detach, stop serve, thin_check'
+umount "$work/snap" "$work/base"; mounts=()
+thinfuse detach "$P" vol-snap; thinfuse detach "$P" vol; loops=()
+kill -TERM "$serve_pid"
+while kill -0 "$serve_pid" 2>/dev/null; do sleep 0.2; done
+serve_pid=""
+thin_check "$P/metadata"
 echo
 echo "demo: ok"
