@@ -1,13 +1,16 @@
 import { LRUCache } from 'lru-cache';
 import type { BackingFile } from './backing-file.js';
 
-// An LRU read cache over the data file, in 64 KiB units keyed by their place
+// An LRU read cache over the data file, in 4 KiB units keyed by their place
 // in the file: a data block is cached once, however many thin devices
 // (snapshots of one image) map it. Every change goes through this wrapper,
 // so it stays exact: a write, punch or copy drops the units it touched, and
 // a read that was loading a unit while it changed does not keep its copy.
+// A miss reads each run of missing units with one request; evicted unit
+// buffers are reused, so a scan does not churn the allocator.
 
-export const CACHE_UNIT = 64 * 1024;
+export const CACHE_UNIT = 4096;
+const SPARE_LIMIT = 1024;
 
 export interface DataCacheStats {
   hits: number;
@@ -19,16 +22,17 @@ export interface DataCacheStats {
 
 export class CachedBacking implements BackingFile {
   private readonly lru: LRUCache<number, Buffer>;
-  /** Units being loaded; set to stale when the unit changes meanwhile. */
-  private readonly loading = new Map<number, { stale: boolean; done: Promise<Buffer> }>();
+  /** Loads in flight per unit; marked stale when the unit changes meanwhile. */
+  private readonly loading = new Map<number, { stale: boolean }[]>();
+  private readonly spare: Buffer[] = [];
   readonly stats = { hits: 0, misses: 0, evictions: 0 };
 
   constructor(private readonly inner: BackingFile, readonly maxBytes: number) {
     this.lru = new LRUCache<number, Buffer>({
-      maxSize: Math.max(CACHE_UNIT, maxBytes),
-      sizeCalculation: (b) => b.length,
-      dispose: (_v, _k, reason) => {
+      max: Math.max(1, Math.floor(maxBytes / CACHE_UNIT)),
+      dispose: (v, _k, reason) => {
         if (reason === 'evict') this.stats.evictions++;
+        if (this.spare.length < SPARE_LIMIT) this.spare.push(v);
       },
     });
   }
@@ -42,47 +46,65 @@ export class CachedBacking implements BackingFile {
   }
 
   cacheStats(): DataCacheStats {
-    return { ...this.stats, bytes: this.lru.calculatedSize ?? 0, maxBytes: this.maxBytes };
+    return { ...this.stats, bytes: this.lru.size * CACHE_UNIT, maxBytes: this.maxBytes };
   }
 
   async read(buf: Buffer, offset: number): Promise<void> {
     const first = Math.floor(offset / CACHE_UNIT);
     const last = Math.floor((offset + buf.length - 1) / CACHE_UNIT);
     const jobs: Promise<void>[] = [];
-    for (let u = first; u <= last; u++) {
-      const from = Math.max(offset, u * CACHE_UNIT);
-      const to = Math.min(offset + buf.length, (u + 1) * CACHE_UNIT);
-      const hit = this.lru.get(u);
+    let runStart = -1;
+    for (let u = first; u <= last + 1; u++) {
+      const hit = u <= last ? this.lru.get(u) : undefined;
       if (hit) {
         this.stats.hits++;
-        hit.copy(buf, from - offset, from - u * CACHE_UNIT, to - u * CACHE_UNIT);
-        continue;
+        this.copyOut(hit, u, buf, offset);
       }
-      jobs.push(this.unit(u).then((data) => {
-        data.copy(buf, from - offset, from - u * CACHE_UNIT, to - u * CACHE_UNIT);
-      }));
+      if (!hit && u <= last && runStart < 0) runStart = u;
+      if ((hit || u > last) && runStart >= 0) {
+        jobs.push(this.load(runStart, u, buf, offset));
+        runStart = -1;
+      }
     }
     await Promise.all(jobs);
   }
 
-  /** Loads one unit, sharing the load with concurrent readers of it. */
-  private unit(u: number): Promise<Buffer> {
-    const running = this.loading.get(u);
-    if (running && !running.stale) return running.done;
-    this.stats.misses++;
-    const state = { stale: false, done: undefined as unknown as Promise<Buffer> };
-    state.done = (async () => {
-      const data = Buffer.allocUnsafe(CACHE_UNIT);
-      try {
-        await this.inner.read(data, u * CACHE_UNIT);
-        if (!state.stale) this.lru.set(u, data);
-        return data;
-      } finally {
-        if (this.loading.get(u) === state) this.loading.delete(u);
+  /** Copies the part of unit u that [offset, offset+buf.length) covers. */
+  private copyOut(unit: Buffer, u: number, buf: Buffer, offset: number): void {
+    const from = Math.max(offset, u * CACHE_UNIT);
+    const to = Math.min(offset + buf.length, (u + 1) * CACHE_UNIT);
+    unit.copy(buf, from - offset, from - u * CACHE_UNIT, to - u * CACHE_UNIT);
+  }
+
+  /** Reads units [first, end) with one request, keeps them, fills buf. */
+  private async load(first: number, end: number, buf: Buffer, offset: number): Promise<void> {
+    this.stats.misses += end - first;
+    const states: Array<{ stale: boolean }> = [];
+    for (let u = first; u < end; u++) {
+      const st = { stale: false };
+      states.push(st);
+      const list = this.loading.get(u);
+      if (list) list.push(st);
+      else this.loading.set(u, [st]);
+    }
+    const run = Buffer.allocUnsafe((end - first) * CACHE_UNIT);
+    try {
+      await this.inner.read(run, first * CACHE_UNIT);
+    } finally {
+      for (let u = first; u < end; u++) {
+        const list = this.loading.get(u)!;
+        list.splice(list.indexOf(states[u - first]!), 1);
+        if (list.length === 0) this.loading.delete(u);
       }
-    })();
-    this.loading.set(u, state);
-    return state.done;
+    }
+    for (let u = first; u < end; u++) {
+      const part = run.subarray((u - first) * CACHE_UNIT, (u - first + 1) * CACHE_UNIT);
+      this.copyOut(part, u, buf, offset);
+      if (states[u - first]!.stale) continue;
+      const unit = this.spare.pop() ?? Buffer.allocUnsafeSlow(CACHE_UNIT);
+      part.copy(unit);
+      this.lru.set(u, unit);
+    }
   }
 
   private drop(offset: number, length: number): void {
@@ -91,8 +113,7 @@ export class CachedBacking implements BackingFile {
     const last = Math.floor((offset + length - 1) / CACHE_UNIT);
     for (let u = first; u <= last; u++) {
       this.lru.delete(u);
-      const l = this.loading.get(u);
-      if (l) l.stale = true;
+      for (const st of this.loading.get(u) ?? []) st.stale = true;
     }
   }
 
