@@ -79,6 +79,7 @@ export class PoolMetadata {
   /** Reads the committed state; also how a transaction is aborted. */
   private load(): void {
     this.bm.reset();
+    this.subRoots = { top: 0 as MetaBlock, roots: new Map() };
     const raw = Buffer.alloc(META_BLOCK_SIZE);
     this.file.readSync(raw, 0);
     this.sb = decodeSuperblock(raw, this.file.path);
@@ -195,6 +196,7 @@ export class PoolMetadata {
 
   deleteDevice(dev: DevId): void {
     this.getDetails(dev);
+    this.subRoots.roots.delete(dev);
     this.sb.mappingRoot = remove(this.top, this.sb.mappingRoot, dev);
     this.details.delete(dev);
     this.changedDetails.delete(dev);
@@ -230,10 +232,26 @@ export class PoolMetadata {
   //----------------------------------------------------------------------------
   // mappings
 
+  /** Per-device tree roots, valid while the top-level root stays the same. */
+  private subRoots = { top: 0 as MetaBlock, roots: new Map<number, MetaBlock>() };
+
   subtreeRoot(dev: DevId): MetaBlock {
+    if (this.subRoots.top !== this.sb.mappingRoot) this.subRoots = { top: this.sb.mappingRoot, roots: new Map() };
+    const known = this.subRoots.roots.get(dev);
+    if (known !== undefined) return known;
     const v = lookup(this.top, this.sb.mappingRoot, dev);
     if (!v) throw new ThinError('BAD_METADATA', `thin device ${dev} has details but no mapping tree; run thinfuse check`, { devId: dev });
-    return readU64(v, 0) as MetaBlock;
+    const root = readU64(v, 0) as MetaBlock;
+    this.subRoots.roots.set(dev, root);
+    return root;
+  }
+
+  /** Changes one device's tree (the top level is updated in place or shadowed). */
+  private updateSubtree(dev: DevId, fn: (root: MetaBlock) => MetaBlock): void {
+    this.subRoots.roots.delete(dev);
+    this.sb.mappingRoot = update(this.top, this.sb.mappingRoot, dev, (v) => {
+      writeU64(v, 0, fn(readU64(v, 0) as MetaBlock));
+    });
   }
 
   lookup(dev: DevId, vb: VirtBlock): Mapping | undefined {
@@ -251,9 +269,7 @@ export class PoolMetadata {
     const d = this.getDetails(dev);
     const existed = this.lookup(dev, vb) !== undefined;
     const value = encodeBlockTime(block, time);
-    this.sb.mappingRoot = update(this.top, this.sb.mappingRoot, dev, (v) => {
-      writeU64(v, 0, insert(this.bottom, readU64(v, 0) as MetaBlock, vb, value));
-    });
+    this.updateSubtree(dev, (root) => insert(this.bottom, root, vb, value));
     if (!existed) this.setDetails(dev, { ...d, mappedBlocks: d.mappedBlocks + 1 });
     else this.touch();
   }
@@ -263,9 +279,7 @@ export class PoolMetadata {
     const m = this.lookup(dev, vb);
     if (!m) return undefined;
     const d = this.getDetails(dev);
-    this.sb.mappingRoot = update(this.top, this.sb.mappingRoot, dev, (v) => {
-      writeU64(v, 0, remove(this.bottom, readU64(v, 0) as MetaBlock, vb));
-    });
+    this.updateSubtree(dev, (root) => remove(this.bottom, root, vb));
     this.setDetails(dev, { ...d, mappedBlocks: d.mappedBlocks - 1 });
     return m.block;
   }

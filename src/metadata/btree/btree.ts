@@ -26,9 +26,15 @@ export interface BTree {
 //------------------------------------------------------------------------------
 // reading
 
+/** Node buffers whose header was checked, with the leaf value size checked against. */
+const checked = new WeakMap<Buffer, number>();
+
 export function readNode(t: BTree, b: MetaBlock): Buffer {
   const buf = t.tm.read(b, 'node');
-  checkNodeHeader(buf, b, t.vt.size);
+  if (checked.get(buf) !== t.vt.size) {
+    checkNodeHeader(buf, b, t.vt.size);
+    checked.set(buf, t.vt.size);
+  }
   return buf;
 }
 
