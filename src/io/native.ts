@@ -9,10 +9,9 @@
 // `code` ('ENOSPC', 'EOPNOTSUPP', ...), plus `errno` and `syscall`, like the
 // errors of Node's fs module; see isErrnoError().
 
-import fs from 'node:fs';
+import { packageRoot } from '../base/package-root.js';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import { ThinError } from '../base/errors.js';
 
@@ -68,21 +67,6 @@ export function isErrnoError(e: unknown, code?: string): e is ErrnoError {
 
 const ADDON_RELATIVE = path.join('native-deps', 'build', 'thinfuse_native.node');
 
-/** The package root: the nearest ancestor of this file holding the "thinfuse" package.json. */
-function packageRoot(): string {
-  const start = path.dirname(fileURLToPath(import.meta.url));
-  for (let dir = start; ; dir = path.dirname(dir)) {
-    try {
-      const pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: unknown };
-      if (pkg.name === 'thinfuse') return dir;
-    } catch {
-      // no (readable) package.json here: keep walking up
-    }
-    if (path.dirname(dir) === dir) break;
-  }
-  // src/io/native.ts or dist/io/native.js: the root is two levels up.
-  return path.resolve(start, '..', '..');
-}
 
 let loaded: NativeAddon | undefined;
 let loadError: ThinError | undefined;

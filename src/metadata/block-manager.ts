@@ -31,7 +31,7 @@ export class BlockManager {
   private readonly dirty = new Map<number, DirtyBlock>();
   readonly stats = { hits: 0, misses: 0, evictions: 0 };
 
-  constructor(readonly file: BackingFile, private readonly cacheBlocks: number) {
+  constructor(readonly file: BackingFile, cacheBlocks: number) {
     this.clean = new LRUCache<number, Buffer>({
       max: Math.max(16, cacheBlocks),
       dispose: (_v, _k, reason) => {

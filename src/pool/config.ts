@@ -1,6 +1,8 @@
-import fs from 'node:fs';
 import path from 'node:path';
 import { ThinError } from '../base/errors.js';
+import { type PoolFiles, realPoolFiles, writeFileAtomic } from '../io/pool-files.js';
+
+export { writeFileAtomic };
 
 // What dm-thin keeps in its table line rather than in the metadata lives in
 // POOL/config (JSON). A pool directory without one (made by thin_restore, or
@@ -32,12 +34,12 @@ export function defaultConfig(): PoolConfig {
   };
 }
 
-export function readConfig(dir: string): PoolConfig {
+export function readConfig(dir: string, files: PoolFiles = realPoolFiles): PoolConfig {
   const file = path.join(dir, CONFIG_FILE);
-  if (!fs.existsSync(file)) return defaultConfig();
+  if (!files.exists(file)) return defaultConfig();
   let raw: unknown;
   try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+    raw = JSON.parse(files.readText(file));
   } catch (e) {
     throw new ThinError('EINVAL_ARG', `${file} is not valid JSON (${(e as Error).message}); fix or remove it`);
   }
@@ -46,25 +48,6 @@ export function readConfig(dir: string): PoolConfig {
   return { features: { ...d.features, ...(r.features ?? {}) }, lowWaterMark: r.lowWaterMark ?? d.lowWaterMark, noSpaceTimeout: r.noSpaceTimeout ?? d.noSpaceTimeout };
 }
 
-export function writeConfig(dir: string, config: PoolConfig): void {
-  writeFileAtomic(path.join(dir, CONFIG_FILE), JSON.stringify(config, null, 2) + '\n');
-}
-
-/** Writes a small file so that a crash leaves either the old or the new one. */
-export function writeFileAtomic(file: string, text: string): void {
-  const tmp = `${file}.tmp`;
-  const fd = fs.openSync(tmp, 'w', 0o644);
-  try {
-    fs.writeSync(fd, text);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-  const dfd = fs.openSync(path.dirname(file), 'r');
-  try {
-    fs.fsyncSync(dfd);
-  } finally {
-    fs.closeSync(dfd);
-  }
+export function writeConfig(dir: string, config: PoolConfig, files: PoolFiles = realPoolFiles): void {
+  writeFileAtomic(path.join(dir, CONFIG_FILE), JSON.stringify(config, null, 2) + '\n', files);
 }

@@ -1,8 +1,7 @@
-import fs from 'node:fs';
 import path from 'node:path';
 import { ThinError } from '../base/errors.js';
 import type { DevId } from '../base/units.js';
-import { writeFileAtomic } from './config.js';
+import { type PoolFiles, realPoolFiles, writeFileAtomic } from '../io/pool-files.js';
 
 // Names and virtual sizes of thin devices. dm-thin keeps these outside its
 // metadata (in dm tables, LVM metadata, Docker's JSON files); so do we, in
@@ -42,14 +41,14 @@ export class Registry {
   private devices = new Map<string, NamedDevice>();
   intent: Intent | null = null;
 
-  private constructor(private readonly file: string) {}
+  private constructor(private readonly file: string, private readonly files: PoolFiles) {}
 
-  static load(dir: string): Registry {
-    const r = new Registry(path.join(dir, REGISTRY_FILE));
-    if (!fs.existsSync(r.file)) return r;
+  static load(dir: string, files: PoolFiles = realPoolFiles): Registry {
+    const r = new Registry(path.join(dir, REGISTRY_FILE), files);
+    if (!files.exists(r.file)) return r;
     let raw: RegistryFile;
     try {
-      raw = JSON.parse(fs.readFileSync(r.file, 'utf8')) as RegistryFile;
+      raw = JSON.parse(files.readText(r.file)) as RegistryFile;
     } catch (e) {
       throw new ThinError('EINVAL_ARG', `${r.file} is not valid JSON (${(e as Error).message}); restore it from a backup or remove it (names are lost, data is not)`);
     }
@@ -116,6 +115,6 @@ export class Registry {
 
   private save(): void {
     const body: RegistryFile = { devices: this.list(), intent: this.intent };
-    writeFileAtomic(this.file, JSON.stringify(body, null, 2) + '\n');
+    writeFileAtomic(this.file, JSON.stringify(body, null, 2) + '\n', this.files);
   }
 }

@@ -16,9 +16,9 @@
 //    `opts.timeout` (default 15 s) fails with ETIMEDOUT.
 
 import fs from 'node:fs';
+import { packageRoot } from '../../base/package-root.js';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import { ThinError } from '../../base/errors.js';
 
@@ -197,21 +197,6 @@ export const FALLOC_FL_ZERO_RANGE = 0x10;
 
 const BUILD_RELATIVE = path.join('native-deps', 'build', 'fuse-native');
 
-/** The package root: the nearest ancestor of this file holding the "thinfuse" package.json. */
-function packageRoot(): string {
-  const start = path.dirname(fileURLToPath(import.meta.url));
-  for (let dir = start; ; dir = path.dirname(dir)) {
-    try {
-      const pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: unknown };
-      if (pkg.name === 'thinfuse') return dir;
-    } catch {
-      // no (readable) package.json here: keep walking up
-    }
-    if (path.dirname(dir) === dir) break;
-  }
-  // src/frontends/fuse/fuse-native.ts or dist/frontends/fuse/fuse-native.js: three levels up.
-  return path.resolve(start, '..', '..', '..');
-}
 
 let loaded: FuseConstructor | undefined;
 
