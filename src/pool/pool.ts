@@ -7,6 +7,8 @@ import type { BackingFile } from '../io/backing-file.js';
 import { CachedBacking, type DataCacheStats } from '../io/cached-backing.js';
 import { FileBacking } from '../io/file-backing.js';
 import { lockPool, type PoolLock } from '../io/lock.js';
+import { type PoolFiles, realPoolFiles } from '../io/pool-files.js';
+import { type Canary, SuperblockFirstBacking } from './canary.js';
 import { CONFIG_FILE, type PoolConfig, readConfig, writeConfig } from './config.js';
 import { parseMessage, type PoolMessage } from './messages.js';
 import { PoolMetadata } from './pool-metadata.js';
@@ -31,11 +33,25 @@ export interface PoolOpenOptions {
   wrap?: (file: BackingFile, which: 'data' | 'metadata') => BackingFile;
   /** LRU read cache of the data file, in bytes (0: none). */
   dataCacheBytes?: number;
+  /** The pool directory's small files (config, devices); the host filesystem by default. */
+  files?: PoolFiles;
+  /**
+   * TEST HOOK for the crash-replay harness only: one deliberately broken
+   * behaviour (see canary.ts). Never set it outside tests.
+   */
+  canary?: Canary;
+}
+
+/** opts.wrap, plus the metadata canary's wrapper when that canary is on. */
+function wrapper(opts: PoolOpenOptions): (file: BackingFile, which: 'data' | 'metadata') => BackingFile {
+  const wrap = opts.wrap ?? ((f) => f);
+  if (opts.canary !== 'superblock-before-flush') return wrap;
+  return (f, which) => (which === 'metadata' ? new SuperblockFirstBacking(wrap(f, which)) : wrap(f, which));
 }
 
 /** The data file as the pool uses it: wrapped, then cached if asked to. */
 function dataFile(file: BackingFile, opts: PoolOpenOptions): BackingFile {
-  const wrapped = opts.wrap ? opts.wrap(file, 'data') : file;
+  const wrapped = wrapper(opts)(file, 'data');
   return opts.dataCacheBytes ? new CachedBacking(wrapped, opts.dataCacheBytes) : wrapped;
 }
 
@@ -47,6 +63,8 @@ export interface PoolCreateOptions {
 }
 
 export const DATA_FILE = 'data';
+/** Blocks unmapped per metadata step of a discard (dm-thin's bio prison range is 1024). */
+const DISCARD_BATCH = 1024;
 export const METADATA_FILE = 'metadata';
 
 export interface DeviceUsage {
@@ -112,12 +130,12 @@ export class Pool {
       made.push(metaPath);
       const data = FileBacking.create(dataPath, o.dataSize);
       made.push(dataPath);
-      const wrap = opts.wrap ?? ((f) => f);
-      const md = PoolMetadata.format(wrap(meta, 'metadata'), o.blockSize / SECTOR, o.dataSize / o.blockSize, opts);
+      const files = opts.files ?? realPoolFiles;
+      const md = PoolMetadata.format(wrapper(opts)(meta, 'metadata'), o.blockSize / SECTOR, o.dataSize / o.blockSize, opts);
       await md.commit(async () => {});
-      writeConfig(dir, o.config);
+      writeConfig(dir, o.config, files);
       made.push(path.join(dir, CONFIG_FILE));
-      return new Pool(dir, md, dataFile(data, opts), o.config, Registry.load(dir), lock, opts);
+      return new Pool(dir, md, dataFile(data, opts), o.config, Registry.load(dir, files), lock, opts);
     } catch (e) {
       for (const f of made) fs.rmSync(f, { force: true });
       lock.release();
@@ -132,19 +150,19 @@ export class Pool {
     if (!fs.existsSync(metaPath)) {
       throw new ThinError('POOL_MISSING', `no pool in ${dir} (no metadata file); create one with thinfuse pool create`);
     }
-    const config = readConfig(dir);
+    const files = opts.files ?? realPoolFiles;
+    const config = readConfig(dir, files);
     const lock = lockPool(dir);
     let meta: BackingFile | undefined;
     let data: BackingFile | undefined;
     try {
-      const wrap = opts.wrap ?? ((f) => f);
-      meta = wrap(FileBacking.open(metaPath, true), 'metadata');
+      meta = wrapper(opts)(FileBacking.open(metaPath, true), 'metadata');
       const md = PoolMetadata.open(meta, opts);
       data = dataFile(FileBacking.open(path.join(dir, DATA_FILE), true), opts);
       if (data.size() < md.nrDataBlocks * md.dataBlockSize * SECTOR) {
         throw new ThinError('BAD_SUPERBLOCK', `${dir}/data is shorter than the pool's ${md.nrDataBlocks} blocks; restore its length (truncate -s) before opening`);
       }
-      const pool = new Pool(dir, md, data, config, Registry.load(dir), lock, opts);
+      const pool = new Pool(dir, md, data, config, Registry.load(dir, files), lock, opts);
       await pool.reconcile();
       return pool;
     } catch (e) {
@@ -278,13 +296,16 @@ export class Pool {
   /** Returns freed blocks to the host filesystem, now that no commit points at them. */
   private async punchFreed(freed: DataBlock[]): Promise<void> {
     if (this.config.features.noDiscardPassdown || this.config.features.ignoreDiscard) return;
-    for (const b of freed) {
-      if (this.md.dataCount(b) !== 0) continue;
+    const free = freed.filter((b) => this.md.dataCount(b) === 0).sort((a, b) => a - b);
+    for (let i = 0; i < free.length;) {
+      let j = i + 1;
+      while (j < free.length && free[j]! <= free[j - 1]! + 1) j++;
       try {
-        await this.data.punchHole(b * this.blockBytes, this.blockBytes);
+        await this.data.punchHole(free[i]! * this.blockBytes, (free[j - 1]! - free[i]! + 1) * this.blockBytes);
       } catch {
-        // Passdown errors are ignored, as dm-thin does: the block is free either way.
+        // Passdown errors are ignored, as dm-thin does: the blocks are free either way.
       }
+      i = j;
     }
   }
 
@@ -293,7 +314,7 @@ export class Pool {
 
   private async allocate(): Promise<DataBlock> {
     for (;;) {
-      const b = await this.change(() => this.md.allocData((x) => this.reading.has(x)));
+      const b = await this.change(() => this.canaryReuse() ?? this.md.allocData((x) => this.reading.has(x)));
       if (b !== undefined) {
         this.checkLowWater();
         return b;
@@ -304,6 +325,21 @@ export class Pool {
       }
       await this.waitForSpace();
     }
+  }
+
+  /** TEST HOOK (canary 'reuse-before-commit'): a block freed in this transaction, taken again. */
+  private canaryReuse(): DataBlock | undefined {
+    if (this.opts.canary !== 'reuse-before-commit') return undefined;
+    const i = this.md.freedData.findIndex((x) => this.md.dataCount(x) === 0);
+    if (i < 0) return undefined;
+    const [b] = this.md.freedData.splice(i, 1) as [DataBlock];
+    this.md.dsm.inc(b);
+    return b;
+  }
+
+  /** TEST HOOK (canary 'punch-before-commit'): punches blocks freed in this transaction now. */
+  private async canaryPunch(): Promise<void> {
+    if (this.opts.canary === 'punch-before-commit') await this.punchFreed([...this.md.freedData]);
   }
 
   private checkLowWater(): void {
@@ -478,20 +514,40 @@ export class Pool {
     let unmapped = 0;
     await this.enterDevice(dev);
     try {
-      const after = (vb: number) => this.guard(() => this.md.nextMapped(dev, vb as VirtBlock));
-      for (let next = await after(first); next && next.vb < end; next = await after(next.vb + 1)) {
-        const vb = next.vb;
-        const release = await this.cells.acquire(`${dev}:${vb}`);
-        try {
-          if (await this.change(() => this.md.removeMapping(dev, vb)) !== undefined) unmapped++;
-        } finally {
-          release();
-        }
+      for (let from = first; from < end;) {
+        const batch = await this.guard(() => this.mappedIn(dev, from, end, DISCARD_BATCH));
+        if (batch.length === 0) break;
+        unmapped += await this.unmapBatch(dev, batch);
+        from = batch[batch.length - 1]! + 1;
       }
     } finally {
       this.leaveDevice(dev);
     }
     return unmapped;
+  }
+
+  /** Up to `max` mapped virtual blocks in [from, end). */
+  private mappedIn(dev: DevId, from: number, end: number, max: number): VirtBlock[] {
+    const out: VirtBlock[] = [];
+    for (let next = this.md.nextMapped(dev, from as VirtBlock); next && next.vb < end && out.length < max; next = this.md.nextMapped(dev, (next.vb + 1) as VirtBlock)) {
+      out.push(next.vb);
+    }
+    return out;
+  }
+
+  /** Takes the blocks' locks in order, then unmaps them all in one metadata step. */
+  private async unmapBatch(dev: DevId, vbs: VirtBlock[]): Promise<number> {
+    const releases: Array<() => void> = [];
+    try {
+      for (const vb of vbs) releases.push(await this.cells.acquire(`${dev}:${vb}`));
+      return await this.change(() => {
+        let n = 0;
+        for (const vb of vbs) if (this.md.removeMapping(dev, vb) !== undefined) n++;
+        return n;
+      });
+    } finally {
+      for (const r of releases) r();
+    }
   }
 
   /**
@@ -611,6 +667,7 @@ export class Pool {
     if (named) this.registry.begin({ op: 'remove', device: named });
     try {
       await this.change(() => this.md.deleteDevice(dev));
+      await this.canaryPunch();
       await this.commit();
     } catch (e) {
       if (named) this.registry.cancel();
