@@ -20,6 +20,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { ControlClient, readPointer } from '../../src/frontends/daemon/control.js';
 import { native } from '../../src/io/native.js';
 import { CLI } from './cli.js';
 
@@ -124,6 +125,13 @@ export function tf(args: string[], o: { input?: string | Buffer; timeoutMs?: num
 export function tfOk(args: string[], o: { input?: string | Buffer; timeoutMs?: number } = {}): string {
   const r = tf(args, o);
   if (r.status !== 0) throw new Error(describe('thinfuse', args, r));
+  return r.stdout;
+}
+
+/** The thinfuse CLI's stdout as bytes (for `read`); throws on failure. */
+export function tfBuf(args: string[]): Buffer {
+  const r = spawnSync(process.execPath, [CLI, ...args], { env: ENV, timeout: 180_000, maxBuffer: 256 * MiB });
+  if (r.status !== 0) throw new Error(`thinfuse ${args.join(' ')} exited ${r.status ?? r.signal}: ${r.stderr?.toString().trim()}`);
   return r.stdout;
 }
 
@@ -261,7 +269,8 @@ const LOCK_FILE = path.join(os.tmpdir(), 'thinfuse-e2e.lock');
  */
 async function lockE2E(t: ExecutionContext): Promise<void> {
   const fd = fs.openSync(LOCK_FILE, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
-  const end = Date.now() + 15 * 60_000;
+  const start = Date.now();
+  const end = start + 15 * 60_000;
   while (!native.flock(fd, true, true)) {
     if (Date.now() > end) {
       fs.closeSync(fd);
@@ -269,6 +278,7 @@ async function lockE2E(t: ExecutionContext): Promise<void> {
     }
     await sleep(200);
   }
+  if (Date.now() - start > 1_000) t.log(`waited ${((Date.now() - start) / 1000).toFixed(1)} s for the e2e lock (${LOCK_FILE})`);
   t.teardown(() => fs.closeSync(fd));
 }
 
@@ -283,15 +293,32 @@ function systemState(): SystemState {
   return { loops, fuseMounts };
 }
 
-/** Undo steps that must run even if the worker exits without teardown (ava's global timeout). */
+/**
+ * Undo steps that must run even if the worker ends without teardown: ava's
+ * global timeout kills its worker with SIGTERM, Ctrl-C sends SIGINT. The
+ * handlers run the stacks, then let the signal do what it would have done.
+ */
 const liveStacks = new Set<CleanupStack>();
 let exitHook = false;
 function hookExit(): void {
   if (exitHook) return;
   exitHook = true;
-  process.on('exit', () => {
-    for (const s of liveStacks) s.runAll();
-  });
+  const runStacks = () => {
+    for (const s of liveStacks) {
+      const errors = s.runAll();
+      for (const e of errors) process.stderr.write(`e2e cleanup: ${e}\n`);
+    }
+    liveStacks.clear();
+  };
+  process.on('exit', runStacks);
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+    const onSignal = () => {
+      runStacks();
+      process.removeListener(sig, onSignal);
+      process.kill(process.pid, sig);
+    };
+    process.on(sig, onSignal);
+  }
 }
 
 export interface ServeOptions {
@@ -330,6 +357,12 @@ export class E2E {
     await lockE2E(t);
     const root = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
     const env = new E2E(t, root);
+    // The bottom of the stack: remove the dir, but only once nothing is
+    // mounted under it or attached to a file in it (rm -r would follow mounts).
+    env.stack.push(`remove ${root}`, () => {
+      if (mountTable().some((m) => env.under(m.mountpoint)) || loopList().some(([, f]) => env.under(f))) return;
+      fs.rmSync(root, { recursive: true, force: true });
+    });
     liveStacks.add(env.stack);
     hookExit();
     t.teardown(() => env.finish());
@@ -340,12 +373,11 @@ export class E2E {
     liveStacks.delete(this.stack);
     const errors = this.stack.runAll();
     const left = this.leftovers();
-    if (left.length === 0) fs.rmSync(this.root, { recursive: true, force: true });
     const problems = [...errors.map((e) => `cleanup failed: ${e}`), ...left.map((l) => `left behind: ${l}`)];
     if (problems.length > 0) throw new Error(problems.join('\n'));
   }
 
-  private under(p: string): boolean {
+  under(p: string): boolean {
     return p === this.root || p.startsWith(`${this.root}/`) || p.includes(`${this.root}/`);
   }
 
@@ -438,9 +470,37 @@ export class E2E {
     return out;
   }
 
-  /** `thinfuse detach P TARGET` (the undo then finds nothing to do). */
-  detach(target: string): string {
-    return tfOk(['detach', this.pool, target]);
+  /**
+   * `thinfuse detach P TARGET` (the undo then finds nothing to do), then
+   * waits until the serving daemon has seen the device file closed.
+   *
+   * losetup -d returns before the daemon gets FUSE's RELEASE (the kernel
+   * sends it asynchronously), and under CPU load a SIGTERM sent right after
+   * `thinfuse detach` can still find the file open, so serve refuses to stop.
+   * Waiting here keeps that race out of the tests; each wait is logged.
+   */
+  async detach(target: string, mountpoint = this.mnt): Promise<string> {
+    const name = target.startsWith('/dev/') ? path.basename(loopBacking(target)?.replace(/ \(deleted\)$/, '') ?? '') : target;
+    const out = tfOk(['detach', this.pool, target]);
+    if (!name || !mountAt(mountpoint)) return out;
+    const ptr = readPointer(this.pool);
+    if (!ptr) throw new Error(`${this.pool} is served at ${mountpoint} but has no control socket pointer`);
+    const client = await ControlClient.connect(ptr.socketPath);
+    try {
+      const start = Date.now();
+      let polls = 0;
+      for (;;) {
+        const open = ((await client.call('info', {})) as { openDevices: string[] }).openDevices;
+        polls++;
+        if (!open.includes(name)) break;
+        if (Date.now() - start > 10_000) throw new Error(`${name} is still open in serve 10 s after thinfuse detach ${target} returned`);
+        await sleep(10);
+      }
+      if (polls > 1) this.t.log(`note: serve still had ${name} open when thinfuse detach returned; closed ${Date.now() - start} ms later`);
+    } finally {
+      client.close();
+    }
+    return out;
   }
 
   mkfs(kind: FsKind, dev: string): void {
@@ -522,8 +582,15 @@ function killSync(pid: number): void {
 export function stopServeSync(pid: number, mountpoint: string): void {
   const errors: string[] = [];
   if (alive(pid)) {
-    process.kill(pid, 'SIGTERM');
-    if (!waitGoneSync(pid, 20_000)) {
+    // serve refuses a SIGTERM while a device file is open; a loop device
+    // detached a moment ago may not have been released yet: ask again.
+    let gone = false;
+    for (let i = 0; i < 10 && !gone; i++) {
+      if (!alive(pid)) break;
+      process.kill(pid, 'SIGTERM');
+      gone = waitGoneSync(pid, 2_000);
+    }
+    if (alive(pid)) {
       errors.push(`serve (pid ${pid}) did not stop on SIGTERM within 20 s; sent SIGKILL`);
       process.kill(pid, 'SIGKILL');
       if (!waitGoneSync(pid, 5_000)) throw new Error(`serve (pid ${pid}) survived SIGKILL`);

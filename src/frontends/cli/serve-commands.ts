@@ -117,9 +117,25 @@ export function serveCommands(program: Command, run: Run): void {
     .action(run(async (out, dir: string, target: string) => {
       const devs = target.startsWith('/dev/') ? [await ownLoop(dir, target)] : loopsOf(await servedFile(dir, target));
       if (devs.length === 0) throw new ThinError('DEV_MISSING', `${target} is not attached`);
+      const files = [...new Set(devs.map((d) => loopBackingFile(d) ?? ''))];
       for (const d of devs) detachLoop(d);
+      await closedInDaemon(dir, files.filter((f) => loopsOf(f).length === 0).map((f) => path.basename(f)));
       out.result({ detached: devs }, devs.map((d) => `detached ${d}`));
     }));
+}
+
+/**
+ * The kernel tells FUSE a loop device let go of its file only after
+ * `losetup -d` returns: wait until the daemon sees the files closed, so that
+ * a stop right after detach is not refused.
+ */
+async function closedInDaemon(dir: string, names: string[]): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    const info = await callOp(dir, 'info', {});
+    if (!names.some((n) => info.openDevices.includes(n))) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 function bad(message: string): never {

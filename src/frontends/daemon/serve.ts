@@ -95,14 +95,15 @@ export class Server {
 
   static async start(poolDir: string, mountpointArg: string, o: ServeOptions): Promise<Server> {
     const mountpoint = path.resolve(mountpointArg);
-    prepareMountpoint(mountpoint, o.log);
     if (!fs.existsSync(path.join(poolDir, 'metadata'))) {
       throw new ThinError('POOL_MISSING', `no pool in ${poolDir} (no metadata file); create one with thinfuse pool create`);
     }
-    refuseSelfBacked(poolDir, mountpoint);
-    lowerOomScore(o.log);
+    // The pool lock first: a second serve of this pool is told who holds it.
     const pool = await Pool.open(poolDir, { cacheBlocks: o.cacheBlocks, dataCacheBytes: o.dataCacheBytes });
     try {
+      prepareMountpoint(mountpoint, o.log);
+      refuseSelfBacked(poolDir, mountpoint);
+      lowerOomScore(o.log);
       const devices = new DeviceFs(pool, { error: (op, name, e) => o.log(`${op} ${name}: ${(e as Error).message}`) });
       const Fuse = loadFuse();
       const fuse = new Fuse(mountpoint, devices.ops(), { fsname: mountOptions(pool.name), force: false, mkdir: false, timeout: false });
