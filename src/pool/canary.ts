@@ -10,9 +10,10 @@ import type { BackingFile } from '../io/backing-file.js';
 //                            are still volatile (one flush after it covers both);
 //   reuse-before-commit      a data block freed in the running transaction is
 //                            handed out again before that transaction commits;
-//   punch-before-commit      a data block freed by a discard or a delete is
-//                            punched out of POOL/data at once, before the
-//                            commit that frees it.
+//   punch-before-commit      when a device is deleted, every data block freed
+//                            so far in the transaction (by the delete, by
+//                            discards, by copy-on-write) is punched out of
+//                            POOL/data before the commit that frees it.
 export type Canary = 'superblock-before-flush' | 'reuse-before-commit' | 'punch-before-commit';
 
 export const CANARIES: readonly Canary[] = ['superblock-before-flush', 'reuse-before-commit', 'punch-before-commit'];

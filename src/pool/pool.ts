@@ -319,7 +319,8 @@ export class Pool {
         this.checkLowWater();
         return b;
       }
-      if (this.md.freedData.length > 0) {
+      // A commit (ours, or one already running) may free blocks: retry after it.
+      if (this.md.freedData.length > 0 || this.commitRunning) {
         await this.commit();
         continue;
       }
@@ -780,6 +781,8 @@ export class Pool {
     if (this.md.needsCheck) throw new ThinError('READ_ONLY', 'unable to grow the data device until repaired (needs_check is set); run thinfuse check');
     if (nr === this.md.nrDataBlocks) return;
     await this.data.truncate(bytes);
+    // The new length must be durable before a superblock claims it.
+    await this.data.flush();
     await this.change(() => this.md.resizeData(nr));
     await this.commit();
     this.lowWaterArmed = true;

@@ -183,6 +183,9 @@ export abstract class SpaceMap {
       for (let s = 0; s < limit; s++) if (bm.counts[s] === 0) nrFree++;
       bm.nrFree = nrFree;
       if (!bm.dirty) {
+        // Keep the committed counts: a block freed later in this
+        // transaction must not be handed out before the commit.
+        bm.committed = bm.counts.slice();
         bm.dirty = true;
         this.dirtyBitmaps.push(lastOld);
       }
