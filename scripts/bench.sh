@@ -45,13 +45,92 @@ done
 
 say() { printf '[bench.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# Other processes on this machine (outside this script's session; kernel
+# threads not counted) compete for the same CPUs. cpu-monitor.js samples their
+# CPU time every second: `wait` blocks until they used less than QUIET_PCT of
+# one CPU over QUIET_SECS seconds (at most QUIET_WAIT s), `watch` logs it for
+# the duration of a run (summarised in the report).
+: "${QUIET_PCT:=15}"
+: "${QUIET_SECS:=10}"
+: "${QUIET_WAIT:=900}"
+write_monitor() {
+  cat > "$1" <<'JS'
+'use strict'
+// usage: node cpu-monitor.js wait|watch SID [PCT SECS MAXWAIT | OUTFILE]
+const fs = require('fs')
+const [mode, sidArg, a, b, c] = process.argv.slice(2)
+const sid = Number(sidArg)
+const tck = 100
+let last = new Map()
+function sample () {
+  const now = new Map(); let delta = 0; const who = new Map()
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue
+    let s
+    try { s = fs.readFileSync(`/proc/${d}/stat`, 'utf8') } catch (e) { continue }
+    const close = s.lastIndexOf(')')
+    const comm = s.slice(s.indexOf('(') + 1, close)
+    const f = s.slice(close + 2).split(' ')
+    const session = Number(f[3]); const ticks = Number(f[11]) + Number(f[12])
+    if (session === 0 || session === sid || f[0] === 'Z') continue
+    now.set(d, ticks)
+    const prev = last.get(d)
+    const dt = prev === undefined ? 0 : ticks - prev
+    if (dt > 0) { delta += dt; who.set(comm, (who.get(comm) || 0) + dt) }
+  }
+  last = now
+  return { cpu: delta / tck, who }
+}
+sample()
+if (mode === 'wait') {
+  const pct = Number(a); const secs = Number(b); const maxWait = Number(c)
+  const win = []; const t0 = Date.now()
+  const iv = setInterval(() => {
+    win.push(sample().cpu)
+    if (win.length > secs) win.shift()
+    const used = win.reduce((x, y) => x + y, 0) / Math.max(1, win.length) * 100
+    if (win.length >= secs && used < pct) { console.log(`quiet: other processes used ${used.toFixed(0)}% of a CPU over ${secs} s`); clearInterval(iv) }
+    else if (Date.now() - t0 > maxWait * 1000) { console.log(`not quiet after ${maxWait} s: other processes use ${used.toFixed(0)}% of a CPU; going on`); clearInterval(iv) }
+  }, 1000)
+} else {
+  const out = a; const t0 = Date.now(); let total = 0; let peak = 0; const byComm = new Map(); const win = []
+  const iv = setInterval(() => {
+    const { cpu, who } = sample()
+    total += cpu
+    win.push(cpu); if (win.length > 10) win.shift()
+    peak = Math.max(peak, win.reduce((x, y) => x + y, 0) / win.length)
+    for (const [k, v] of who) byComm.set(k, (byComm.get(k) || 0) + v / tck)
+  }, 1000)
+  const stop = () => {
+    clearInterval(iv)
+    const secs = (Date.now() - t0) / 1000
+    const top = [...byComm.entries()].sort((x, y) => y[1] - x[1]).slice(0, 5).map(([k, v]) => [k, +v.toFixed(1)])
+    fs.writeFileSync(out, JSON.stringify({ secs: +secs.toFixed(1), cpu_s: +total.toFixed(1), mean_pct: +(100 * total / secs).toFixed(1), peak10s_pct: +(100 * peak).toFixed(1), top }) + '\n')
+    process.exit(0)
+  }
+  process.on('SIGTERM', stop)
+  process.on('SIGINT', stop)
+}
+JS
+}
+
 # one harness run; copies results and thinfuse's samples/profiles into $OUT
-harness_run() { # NAME LOOP_DIO TARGETS... (env: extra vars already exported by caller)
+harness_run() { # NAME LOOP_DIO TARGETS...
   local name="$1" dio="$2"; shift 2
-  local log="$OUT/$name.log" rundir d inst
+  local log="$OUT/$name.log" rundir d inst sid mon rc=0
+  sid=$(awk '{s=$0; sub(/^.*\) /, "", s); split(s, f, " "); print f[4]}' /proc/$$/stat)
+  say "waiting until other processes use < $QUIET_PCT% of a CPU for $QUIET_SECS s (at most $QUIET_WAIT s)"
+  node "$OUT/cpu-monitor.js" wait "$sid" "$QUIET_PCT" "$QUIET_SECS" "$QUIET_WAIT" | tee "$OUT/$name.quiet.txt" >&2
+  node "$OUT/cpu-monitor.js" watch "$sid" "$OUT/$name.foreign.json" &
+  mon=$!
   say "harness run $name: LOOP_DIO=$dio targets: $*"
-  LOOP_DIO="$dio" THINFUSE_CLI="$FROZEN/dist/frontends/cli/main.js" BENCH_TARGETS_DIR="$ROOT/scripts/bench" \
-    "$HARNESS/run.sh" "$@" > "$log" 2>&1 || { say "harness run $name failed; see $log"; tail -n 20 "$log" >&2; return 1; }
+  # from the harness's own dir: its fuse-native check must not find this
+  # checkout's node_modules (nullfuse.js and passfuse.js resolve from there)
+  (cd "$HARNESS" && LOOP_DIO="$dio" THINFUSE_CLI="$FROZEN/dist/frontends/cli/main.js" BENCH_TARGETS_DIR="$ROOT/scripts/bench" \
+    ./run.sh "$@") > "$log" 2>&1 || rc=$?
+  kill -TERM "$mon" 2>/dev/null; wait "$mon" 2>/dev/null || true
+  [ "$rc" = 0 ] || { say "harness run $name failed; see $log"; tail -n 20 "$log" >&2; return 1; }
+  [ -f "$OUT/$name.foreign.json" ] && say "other processes during $name: $(cat "$OUT/$name.foreign.json")"
   rundir=$(sed -n 's/^results: .* (run dir \(.*\))$/\1/p' "$log" | tail -n 1)
   [ -n "$rundir" ] && [ -f "$rundir/results.json" ] || { say "no results in $log"; return 1; }
   echo "$rundir" > "$OUT/$name.rundir"
@@ -77,6 +156,7 @@ if [ -z "$report_only" ]; then
   done
   : "${OUT:=$WORK/thinfuse-bench/$(date +%Y%m%d-%H%M%S)}"
   mkdir -p "$OUT"
+  write_monitor "$OUT/cpu-monitor.js"
   if [ "$build" = 1 ]; then
     say "npm run build"
     (cd "$ROOT" && npm run build > "$OUT/build.log" 2>&1) || { tail -n 20 "$OUT/build.log" >&2; exit 1; }
@@ -196,6 +276,13 @@ for (const m of modes) {
     }
     p('| ' + row.join(' | ') + ' |')
   }
+  const fj = `${out}/dio-${m}.foreign.json`
+  if (fs.existsSync(fj)) {
+    const fo = load(fj)
+    p('')
+    p(`Other processes on the machine during this run (outside the benchmark's session, kernel threads excluded): ${fo.mean_pct}% of one CPU on average, ` +
+      `${fo.peak10s_pct}% at the busiest 10 s, over ${fo.secs} s (top: ${fo.top.map(([k, v]) => `${k} ${v} s`).join(', ') || 'none'}).`)
+  }
   const errs = r.records.filter(x => x.error)
   for (const e of errs) p(`\nERR ${e.target}${e.variant ? '/' + e.variant : ''} ${e.workload}: ${e.error}`)
   p('')
@@ -203,6 +290,8 @@ for (const m of modes) {
 
 // ---- goals
 p('### Goals (issue 3)')
+p('')
+p('Workloads by their key in the tables above (snap/ = depth 1, chain/ = depth ' + cfg0.CHAIN_DEPTH + ').')
 p('')
 p('| goal | ' + modes.map(m => `dio ${m}`).join(' | ') + ' |')
 p('| --- |' + modes.map(() => ' --- |').join(''))
@@ -212,7 +301,7 @@ const goalQsd = m => {
     const x = ratio(idx[m][k + '|thinfuse'], idx[m][k + '|qsd'])
     if (x == null) continue
     n++
-    if (x < 1.0) miss.push(`${label(l).replace(/ \(.*\)$/, '')} ${x.toFixed(2)}x`)
+    if (x < 1.0) miss.push(`${k} ${x.toFixed(2)}x`)
   }
   return n === 0 ? 'not run' : miss.length === 0 ? `holds on all ${n}` : `**missed on ${miss.length} of ${n}**: ${miss.join('; ')}`
 }
@@ -228,6 +317,19 @@ const goalDepth = m => {
 }
 p('| thinfuse >= 1.0x qsd, every workload | ' + modes.map(goalQsd).join(' | ') + ' |')
 p('| seq write/read >= 0.8x passfuse | ' + modes.map(goalPass).join(' | ') + ' |')
+// the ceiling: how a JS FUSE daemon with no thin logic at all (passfuse) fares against qsd
+const ceiling = (m, t) => {
+  const below = []; let n = 0
+  for (const [k, l] of ROWS) {
+    const x = ratio(idx[m][k + '|' + t], idx[m][k + '|qsd'])
+    if (x == null) continue
+    n++
+    if (x < 1.0) below.push(`${k} ${x.toFixed(2)}x`)
+  }
+  return n === 0 ? '-' : `below qsd on ${below.length} of ${n}${below.length ? ': ' + below.join('; ') : ''}`
+}
+p('| (reference) passfuse/qsd: the same FUSE stack with no thin logic | ' + modes.map(m => ceiling(m, 'passfuse')).join(' | ') + ' |')
+p('| (reference) nullfuse/qsd: fuse-native answering without any I/O | ' + modes.map(m => ceiling(m, 'nullfuse')).join(' | ') + ' |')
 p(`| 4k rand read depth ${cfg0.CHAIN_DEPTH} >= 0.9x depth 1 | ` + modes.map(goalDepth).join(' | ') + ' |')
 p('')
 
@@ -255,10 +357,13 @@ const pct = (a, b) => (a + b) > 0 ? (100 * a / (a + b)).toFixed(1) + '%' : '-'
 const mib = kb => kb == null ? '-' : (kb / 1024).toFixed(0)
 p('### thinfuse daemon per workload: cache hit rates, peak RSS, CPU')
 p('')
-p('From `status --json` and /proc/PID after each workload (scripts/bench/thinfuse.sh\'s hook). Data cache: 64 KiB units ' +
-  '(a 4k miss reads the whole 64 KiB unit); hit % = hits / (hits + misses) in that workload. Peak RSS = VmHWM since the previous ' +
+let unit = '?'
+try { unit = String(+/export const CACHE_UNIT = ([0-9* ]+);/.exec(fs.readFileSync(`${out}/build/dist/io/cached-backing.js`, 'utf8'))[1].split('*').reduce((a, b) => a * b, 1) / 1024) + ' KiB' } catch (e) {}
+p('From `status --json` and /proc/PID after each workload (scripts/bench/thinfuse.sh\'s hook). Data cache hits and misses count cache units ' +
+  `(CACHE_UNIT in src/io/cached-backing.ts: ${unit} in the build measured); hit % = hits / (hits + misses) in that workload. ` +
+  'Peak RSS = VmHWM since the previous ' +
   'workload (reset through clear_refs). JS thread = CPU seconds of the main thread over the fio runtime (100% = the JS thread never idles); ' +
-  'process = all threads (libuv pool, FUSE threads) over the same time. Rows marked "(+fill)" also include the unrecorded fill before the snapshot.')
+  'process = all threads (libuv pool, FUSE threads) over the same time. Rows marked "(+fill)" also include the unrecorded fill before the snapshot (no CPU share given: the fill is not timed); CPU shares are left out for workloads shorter than 1 s (10 ms ticks).')
 p('')
 const peak = {}
 for (const m of modes) {
@@ -269,10 +374,11 @@ for (const m of modes) {
   for (const [inst, variant] of INST) {
     const s = readSamples(`${out}/dio-${m}.${inst}.samples.jsonl`)
     for (const w of windows(s)) {
+      if (w.label === 'teardown') continue
       const key = (variant ? variant + '/' : '') + w.label
       const rec = idx[m][key + '|thinfuse']
       const secs = rec && !rec.error ? (rec.runtime_s || (rec.metric === 's' ? rec.value : null)) : null
-      const busy = x => secs ? (100 * x / secs).toFixed(0) + '%' : '-'
+      const busy = x => secs >= 1 && w.label !== 'snapshot_create' ? (100 * x / secs).toFixed(0) + '%' : '-'
       peak[m] = Math.max(peak[m] || 0, w.hwm || 0)
       const name = (variant ? variant + '/' : '') + w.label + (w.label === 'snapshot_create' ? ' (+fill)' : '')
       p(`| ${name} | ${w.dHits} / ${w.dMiss} (${pct(w.dHits, w.dMiss)}) | ${w.dEvict} | ${pct(w.mHits, w.mMiss)} | ${mib(w.hwm)} | ${busy(w.cpuMain)} | ${busy(w.cpuAll)} |`)
@@ -306,8 +412,8 @@ function sourceMapper () {
     }
     return lines
   }
-  return (url, line) => { // line: 0-based JS line -> "src/x.ts:N"
-    if (!url.startsWith('file://')) return null
+  return (url, line, col) => { // 0-based JS line and column -> "src/x.ts:N" (our own build only)
+    if (!url.startsWith('file://') || !url.includes('/build/dist/')) return null
     const file = url.slice(7)
     if (!cache.has(file)) {
       let m = null
@@ -319,7 +425,8 @@ function sourceMapper () {
     }
     const m = cache.get(file)
     if (!m || !m.lines[line] || m.lines[line].length === 0) return null
-    const seg = m.lines[line][0]
+    let seg = m.lines[line][0]
+    for (const x of m.lines[line]) { if (x[0] <= col) seg = x; else break }
     const src = m.sources[seg[1]]
     const i = src.lastIndexOf('/src/')
     return (i >= 0 ? src.slice(i + 1) : path.basename(src)) + ':' + (seg[2] + 1)
@@ -329,11 +436,11 @@ const mapSrc = sourceMapper()
 function frameName (cf) {
   const fn = cf.functionName || '(anonymous)'
   if (!cf.url) return fn
-  const mapped = mapSrc(cf.url, cf.lineNumber)
+  const mapped = mapSrc(cf.url, cf.lineNumber, cf.columnNumber)
   if (mapped) return `${fn} ${mapped}`
   let u = cf.url.replace(/^file:\/\//, '').replace(/^node:/, 'node:')
   const nm = u.lastIndexOf('node_modules/')
-  if (nm >= 0) u = u.slice(nm + 13)
+  if (nm >= 0) return `${fn} ${u.slice(nm + 13).split('/')[0]}`
   else if (u.includes('/native-deps/')) u = u.slice(u.indexOf('native-deps/'))
   else if (u.includes('/dist/')) u = u.slice(u.indexOf('dist/'))
   return `${fn} ${u}:${cf.lineNumber + 1}`
@@ -345,7 +452,7 @@ function profileWindows (prof, samples) {
   const ws = windows(samples)
   return ws.map(w => {
     const from = w.from * 1e6; const to = w.to * 1e6
-    const self = new Map(); let total = 0; let idle = 0
+    const self = new Map(); const byFile = new Map(); let total = 0; let idle = 0
     for (let i = 0; i < prof.samples.length; i++) {
       if (times[i] <= from || times[i] > to) continue
       const n = byId.get(prof.samples[i])
@@ -353,8 +460,10 @@ function profileWindows (prof, samples) {
       if (n.callFrame.functionName === '(idle)') { idle++; continue }
       total++
       self.set(name, (self.get(name) || 0) + 1)
+      const file = /^\([^)]*\)$/.test(name) || !name.includes(' ') ? name : name.slice(name.lastIndexOf(' ') + 1).replace(/:\d+$/, '')
+      byFile.set(file, (byFile.get(file) || 0) + 1)
     }
-    return { label: w.label, total, idle, secs: w.to - w.from, top: [...self.entries()].sort((a, b) => b[1] - a[1]) }
+    return { label: w.label, total, idle, secs: w.to - w.from, top: [...self.entries()].sort((a, b) => b[1] - a[1]), files: [...byFile.entries()].sort((a, b) => b[1] - a[1]) }
   })
 }
 const profModes = ['off', 'on'].filter(m => INST.some(([inst]) => fs.existsSync(`${out}/prof-${m}.${inst}.cpuprofile`)))
@@ -364,8 +473,11 @@ if (profModes.length) {
   p('Self time by function (source-mapped to src/), per workload window, as % of the non-idle samples in that window; ' +
     '"busy" = non-idle samples x 1 ms sampling interval over the window\'s wall time (JS thread occupancy, profiler overhead included). ' +
     '`(program)` is native code outside JS (fuse-native\'s C, libuv, V8 internals), `(garbage collector)` is GC. ' +
-    'Throughput in these runs is lower than in the tables above because of the profiler.')
+    'Throughput in these runs is lower than in the tables above because of the profiler. Native functions without a file (`read`, `writeBuffer`, `fsync`, ...) are Node\'s fs bindings: ' +
+    'for the async calls that is the cost of handing the request to the libuv threadpool (on this VM a thread wake-up is not cheap); ' +
+    'time in an N-API call such as `copyFileRange` is charged to the JS function that calls it.')
   p('')
+  // every workload for dio off (the default mode), these for the others
   const SHOW = ['seqwrite', 'seqread', 'randread', 'randwrite', 'randwrite_fresh', 'snap/snap_randread', 'snap/cow_randwrite', 'chain/snapshot_create', 'chain/chain_randread', 'untar']
   for (const m of profModes) {
     for (const [inst, variant] of INST) {
@@ -375,9 +487,10 @@ if (profModes.length) {
       const pw = profileWindows(load(f), readSamples(sf))
       for (const w of pw) {
         const key = (variant ? variant + '/' : '') + w.label
-        if (!SHOW.includes(key) || w.total === 0) continue
+        if ((m !== 'off' && !SHOW.includes(key)) || w.total === 0 || w.label === 'teardown' || w.label === 'setup') continue
         p(`- **dio ${m}, ${key}** (busy ${(100 * w.total / 1000 / w.secs).toFixed(0)}% of ${w.secs.toFixed(1)} s): ` +
-          w.top.slice(0, 8).map(([n, c]) => `\`${n}\` ${(100 * c / w.total).toFixed(1)}%`).join(', '))
+          w.top.slice(0, 8).map(([n, c]) => `\`${n}\` ${(100 * c / w.total).toFixed(1)}%`).join(', ') +
+          '; by file: ' + w.files.slice(0, 6).map(([n, c]) => `${n} ${(100 * c / w.total).toFixed(0)}%`).join(', '))
       }
     }
   }

@@ -56,15 +56,12 @@ export const OPS = {
   },
 
   async create(c: OpContext, a: { name: string; size: number; devId?: number }) {
-    const d = await c.pool.createDevice(a.name, a.size, a.devId as DevId | undefined);
-    await c.serve?.changed(a.name);
-    return d;
+    // A new name has no loop device yet, so no kernel cache to drop.
+    return c.pool.createDevice(a.name, a.size, a.devId as DevId | undefined);
   },
 
   async snapshot(c: OpContext, a: { origin: string; name: string; size?: number }) {
-    const d = await c.pool.snapshot(a.origin, a.name, a.size);
-    await c.serve?.changed(a.name);
-    return d;
+    return c.pool.snapshot(a.origin, a.name, a.size);
   },
 
   async remove(c: OpContext, a: { name: string }) {

@@ -11,6 +11,8 @@ import type { BackingFile } from './backing-file.js';
 
 export const CACHE_UNIT = 4096;
 const SPARE_LIMIT = 1024;
+/** Reads up to this size are kept in the cache; larger ones are scans. */
+const KEEP_READS_UP_TO = 32 * 1024;
 
 export interface DataCacheStats {
   hits: number;
@@ -76,22 +78,31 @@ export class CachedBacking implements BackingFile {
     unit.copy(buf, from - offset, from - u * CACHE_UNIT, to - u * CACHE_UNIT);
   }
 
-  /** Reads units [first, end) with one request, keeps them, fills buf. */
+  /**
+   * Reads units [first, end) with one request, straight into the caller's
+   * buffer when it covers them, and keeps them unless the request is large:
+   * big reads are scans (a sequential read, a copy), which would only push
+   * out the small reads the cache is for.
+   */
   private async load(first: number, end: number, buf: Buffer, offset: number): Promise<void> {
     this.stats.misses += end - first;
+    const keep = buf.length <= KEEP_READS_UP_TO;
     const states: Array<{ stale: boolean }> = [];
-    for (let u = first; u < end; u++) {
+    for (let u = first; keep && u < end; u++) {
       const st = { stale: false };
       states.push(st);
       const list = this.loading.get(u);
       if (list) list.push(st);
       else this.loading.set(u, [st]);
     }
-    const run = Buffer.allocUnsafe((end - first) * CACHE_UNIT);
+    const from = first * CACHE_UNIT;
+    const to = end * CACHE_UNIT;
+    const direct = from >= offset && to <= offset + buf.length;
+    const run = direct ? buf.subarray(from - offset, to - offset) : Buffer.allocUnsafe(to - from);
     try {
-      await this.inner.read(run, first * CACHE_UNIT);
+      await this.inner.read(run, from);
     } finally {
-      for (let u = first; u < end; u++) {
+      for (let u = first; keep && u < end; u++) {
         const list = this.loading.get(u)!;
         list.splice(list.indexOf(states[u - first]!), 1);
         if (list.length === 0) this.loading.delete(u);
@@ -99,8 +110,8 @@ export class CachedBacking implements BackingFile {
     }
     for (let u = first; u < end; u++) {
       const part = run.subarray((u - first) * CACHE_UNIT, (u - first + 1) * CACHE_UNIT);
-      this.copyOut(part, u, buf, offset);
-      if (states[u - first]!.stale) continue;
+      if (!direct) this.copyOut(part, u, buf, offset);
+      if (!keep || states[u - first]!.stale) continue;
       const unit = this.spare.pop() ?? Buffer.allocUnsafeSlow(CACHE_UNIT);
       part.copy(unit);
       this.lru.set(u, unit);

@@ -11,7 +11,7 @@ import { type PoolFiles, realPoolFiles } from '../io/pool-files.js';
 import { type Canary, SuperblockFirstBacking } from './canary.js';
 import { CONFIG_FILE, type PoolConfig, readConfig, writeConfig } from './config.js';
 import { parseMessage, type PoolMessage } from './messages.js';
-import { PoolMetadata } from './pool-metadata.js';
+import { type Mapping, PoolMetadata } from './pool-metadata.js';
 import { type NamedDevice, Registry } from './registry.js';
 
 // A thin pool with dm-thin's semantics over POOL/metadata and POOL/data.
@@ -409,13 +409,23 @@ export class Pool {
   async read(dev: DevId, buf: Buffer, offset: number, size: number, name = `device ${dev}`): Promise<void> {
     this.checkRange(size, offset, buf.length, name);
     if (this.mode === 'fail') throw new ThinError('POOL_FAILED', 'the pool has failed; reads are refused');
+    const vb = Math.floor(offset / this.blockBytes);
+    const within = offset - vb * this.blockBytes;
+    if (within + buf.length <= this.blockBytes) return this.readBlock(dev, vb as VirtBlock, within, buf);
     const jobs: Promise<void>[] = [];
     for (const p of this.pieces(offset, buf.length)) jobs.push(this.readBlock(dev, p.vb, p.within, buf.subarray(p.at, p.at + p.len)));
     await Promise.all(jobs);
   }
 
   private async readBlock(dev: DevId, vb: VirtBlock, within: number, dst: Buffer): Promise<void> {
-    const m = await this.guard(() => this.md.lookup(dev, vb));
+    let m: Mapping | undefined;
+    try {
+      m = this.md.lookup(dev, vb);
+    } catch (e) {
+      return this.guard(() => {
+        throw e;
+      });
+    }
     if (!m) {
       dst.fill(0);
       return;
