@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { isThinError, ThinError } from '../src/base/errors.js';
 import { type DevId, GiB, MiB } from '../src/base/units.js';
-import type { BackingFile } from '../src/io/backing-file.js';
+import { ForwardingBacking } from '../src/io/forwarding-backing.js';
 import { FileBacking } from '../src/io/file-backing.js';
 import { Pool } from '../src/pool/pool.js';
 import { poolStatus, statusLines } from '../src/pool/status.js';
@@ -36,21 +36,11 @@ function allocatedBytes(file: string): number {
 }
 
 /** Fails writes (past offset 0: block 0 is already allocated on a full disk) with ENOSPC once armed. */
-class FullDisk implements BackingFile {
+class FullDisk extends ForwardingBacking {
   armed = false;
-  constructor(private readonly inner: BackingFile) {}
-  get path() { return this.inner.path; }
-  size() { return this.inner.size(); }
-  readSync(b: Buffer, o: number) { this.inner.readSync(b, o); }
-  writeSync(b: Buffer, o: number) { this.fail(o); this.inner.writeSync(b, o); }
-  read(b: Buffer, o: number) { return this.inner.read(b, o); }
-  async write(b: Buffer, o: number) { this.fail(o); return this.inner.write(b, o); }
-  flush() { return this.inner.flush(); }
-  flushSync() { this.inner.flushSync(); }
-  punchHole(o: number, l: number) { return this.inner.punchHole(o, l); }
-  async copyWithin(f: number, to: number, l: number) { this.fail(to); return this.inner.copyWithin(f, to, l); }
-  truncate(l: number) { return this.inner.truncate(l); }
-  close() { return this.inner.close(); }
+  override writeSync(b: Buffer, o: number) { this.fail(o); this.inner.writeSync(b, o); }
+  override async write(b: Buffer, o: number) { this.fail(o); return this.inner.write(b, o); }
+  override async copyWithin(f: number, to: number, l: number) { this.fail(to); return this.inner.copyWithin(f, to, l); }
   private fail(offset: number): void {
     if (this.armed && offset > 0) throw new ThinError('HOST_NO_SPACE', `${this.inner.path}: the host filesystem is full`);
   }

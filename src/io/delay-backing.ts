@@ -1,53 +1,40 @@
 import type { BackingFile } from './backing-file.js';
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+import { ForwardingBacking } from './forwarding-backing.js';
 
 /**
- * Adds a fixed latency to every asynchronous request of another backing
- * file. Used to show that requests overlap rather than queue.
+ * Adds latency to every asynchronous request of another backing file: a
+ * fixed number of milliseconds, or one drawn per request (0 still yields a
+ * turn of the event loop, so requests complete out of order). Used to show
+ * that requests overlap rather than queue.
  */
-export class DelayBacking implements BackingFile {
-  constructor(private readonly inner: BackingFile, private readonly delayMs: number) {}
+export class DelayBacking extends ForwardingBacking {
+  constructor(inner: BackingFile, private readonly delayMs: number | (() => number)) {
+    super(inner);
+  }
 
-  get path(): string {
-    return this.inner.path;
+  private pause(): Promise<void> {
+    const ms = typeof this.delayMs === 'function' ? this.delayMs() : this.delayMs;
+    return new Promise((r) => (ms > 0 ? setTimeout(r, ms) : setImmediate(r)));
   }
-  size(): number {
-    return this.inner.size();
-  }
-  readSync(buf: Buffer, offset: number): void {
-    this.inner.readSync(buf, offset);
-  }
-  writeSync(buf: Buffer, offset: number): void {
-    this.inner.writeSync(buf, offset);
-  }
-  flushSync(): void {
-    this.inner.flushSync();
-  }
-  async read(buf: Buffer, offset: number): Promise<void> {
-    await sleep(this.delayMs);
+
+  override async read(buf: Buffer, offset: number): Promise<void> {
+    await this.pause();
     await this.inner.read(buf, offset);
   }
-  async write(buf: Buffer, offset: number): Promise<void> {
-    await sleep(this.delayMs);
+  override async write(buf: Buffer, offset: number): Promise<void> {
+    await this.pause();
     await this.inner.write(buf, offset);
   }
-  async flush(): Promise<void> {
-    await sleep(this.delayMs);
+  override async flush(): Promise<void> {
+    await this.pause();
     await this.inner.flush();
   }
-  async punchHole(offset: number, length: number): Promise<void> {
-    await sleep(this.delayMs);
+  override async punchHole(offset: number, length: number): Promise<void> {
+    await this.pause();
     await this.inner.punchHole(offset, length);
   }
-  async copyWithin(from: number, to: number, length: number): Promise<void> {
-    await sleep(this.delayMs);
+  override async copyWithin(from: number, to: number, length: number): Promise<void> {
+    await this.pause();
     await this.inner.copyWithin(from, to, length);
-  }
-  async truncate(length: number): Promise<void> {
-    await this.inner.truncate(length);
-  }
-  async close(): Promise<void> {
-    await this.inner.close();
   }
 }

@@ -1,4 +1,4 @@
-import type { BackingFile } from '../io/backing-file.js';
+import { ForwardingBacking } from '../io/forwarding-backing.js';
 
 // TEST HOOKS. Deliberately broken behaviours ("canaries") that the crash-replay
 // harness (test/crash-replay.test.ts) must catch, to prove it can fail. A pool
@@ -23,47 +23,21 @@ export const CANARIES: readonly Canary[] = ['superblock-before-flush', 'reuse-be
  * is dropped unless the last write was the superblock's (block 0), so a
  * commit writes its blocks, then the superblock, then flushes once.
  */
-export class SuperblockFirstBacking implements BackingFile {
+export class SuperblockFirstBacking extends ForwardingBacking {
   private lastWriteAt = -1;
 
-  constructor(private readonly inner: BackingFile) {}
-
-  get path(): string {
-    return this.inner.path;
-  }
-  size(): number {
-    return this.inner.size();
-  }
-  readSync(buf: Buffer, offset: number): void {
-    this.inner.readSync(buf, offset);
-  }
-  writeSync(buf: Buffer, offset: number): void {
+  override writeSync(buf: Buffer, offset: number): void {
     this.lastWriteAt = offset;
     this.inner.writeSync(buf, offset);
   }
-  read(buf: Buffer, offset: number): Promise<void> {
-    return this.inner.read(buf, offset);
-  }
-  write(buf: Buffer, offset: number): Promise<void> {
+  override write(buf: Buffer, offset: number): Promise<void> {
     this.lastWriteAt = offset;
     return this.inner.write(buf, offset);
   }
-  async flush(): Promise<void> {
+  override async flush(): Promise<void> {
     if (this.lastWriteAt === 0) await this.inner.flush();
   }
-  flushSync(): void {
+  override flushSync(): void {
     if (this.lastWriteAt === 0) this.inner.flushSync();
-  }
-  punchHole(offset: number, length: number): Promise<void> {
-    return this.inner.punchHole(offset, length);
-  }
-  copyWithin(from: number, to: number, length: number): Promise<void> {
-    return this.inner.copyWithin(from, to, length);
-  }
-  truncate(length: number): Promise<void> {
-    return this.inner.truncate(length);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }

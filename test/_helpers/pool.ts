@@ -9,6 +9,7 @@ import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import type { BackingFile } from '../../src/io/backing-file.js';
+import { DelayBacking } from '../../src/io/delay-backing.js';
 import { defaultConfig, type PoolConfig, type PoolFeatures } from '../../src/pool/config.js';
 import { dumpMetadata } from '../../src/pool/dump.js';
 import { Pool, type PoolOpenOptions } from '../../src/pool/pool.js';
@@ -93,63 +94,16 @@ export function wrapOnly(which: 'data' | 'metadata', make: (f: BackingFile) => B
  * ms (0 = the next macrotask), so that concurrent requests complete out of
  * order. Deterministic per seed, though timers are not.
  */
-export class JitterBacking implements BackingFile {
-  private x: number;
-
-  constructor(private readonly inner: BackingFile, seed = 1, private readonly maxMs = 2) {
-    this.x = (seed >>> 0) || 0x2545f491;
-  }
-
-  private pause(): Promise<void> {
-    let x = this.x;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    this.x = x >>> 0;
-    const ms = this.x % (this.maxMs + 1);
-    return new Promise((r) => (ms === 0 ? setImmediate(r) : setTimeout(r, ms)));
-  }
-
-  get path(): string {
-    return this.inner.path;
-  }
-  size(): number {
-    return this.inner.size();
-  }
-  readSync(buf: Buffer, offset: number): void {
-    this.inner.readSync(buf, offset);
-  }
-  writeSync(buf: Buffer, offset: number): void {
-    this.inner.writeSync(buf, offset);
-  }
-  flushSync(): void {
-    this.inner.flushSync();
-  }
-  async read(buf: Buffer, offset: number): Promise<void> {
-    await this.pause();
-    await this.inner.read(buf, offset);
-  }
-  async write(buf: Buffer, offset: number): Promise<void> {
-    await this.pause();
-    await this.inner.write(buf, offset);
-  }
-  async flush(): Promise<void> {
-    await this.pause();
-    await this.inner.flush();
-  }
-  async punchHole(offset: number, length: number): Promise<void> {
-    await this.pause();
-    await this.inner.punchHole(offset, length);
-  }
-  async copyWithin(from: number, to: number, length: number): Promise<void> {
-    await this.pause();
-    await this.inner.copyWithin(from, to, length);
-  }
-  async truncate(length: number): Promise<void> {
-    await this.inner.truncate(length);
-  }
-  async close(): Promise<void> {
-    await this.inner.close();
+export class JitterBacking extends DelayBacking {
+  constructor(inner: BackingFile, seed = 1, maxMs = 2) {
+    let x = (seed >>> 0) || 0x2545f491;
+    super(inner, () => {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      x >>>= 0;
+      return x % (maxMs + 1);
+    });
   }
 }
 
