@@ -1,3 +1,4 @@
+import { IO_CHUNK } from '../base/units.js';
 import type { BackingFile } from './backing-file.js';
 
 // A sparse in-memory file made of a read-only base (4 KiB pages, shared, never
@@ -82,16 +83,20 @@ export class OverlayBacking implements BackingFile {
       const p = Math.floor(pos / PAGE);
       const within = pos - p * PAGE;
       const n = Math.min(PAGE - within, length - done);
-      if (n === PAGE) this.own.set(p, Buffer.alloc(PAGE));
+      if (n === PAGE && this.base.has(p)) this.own.set(p, Buffer.alloc(PAGE));
+      else if (n === PAGE) this.own.delete(p);
       else if (this.own.has(p) || this.base.has(p)) this.writablePage(p).fill(0, within, within + n);
       done += n;
     }
   }
 
   async copyWithin(from: number, to: number, length: number): Promise<void> {
-    const bytes = Buffer.alloc(length);
-    this.readSync(bytes, from);
-    this.writeSync(bytes, to);
+    const chunk = Buffer.alloc(Math.min(length, IO_CHUNK));
+    for (let done = 0; done < length; done += chunk.length) {
+      const part = chunk.subarray(0, Math.min(chunk.length, length - done));
+      this.readSync(part, from + done);
+      this.writeSync(part, to + done);
+    }
   }
 
   async truncate(length: number): Promise<void> {
