@@ -287,3 +287,34 @@ test('a directory made by thin_restore opens with the default features', async (
   await pool.close();
   await oracle(t, dir);
 });
+
+test('a partial first write never shows stale bytes of a reused block, punched or not', async (t) => {
+  for (const noDiscardPassdown of [false, true]) {
+    const { pool, dir } = await makePool(t, { dataSize: 4 * BS, config: { features: { noDiscardPassdown } } });
+    const a = await pool.createDevice('a', 4 * BS);
+    for (let i = 0; i < 4; i++) await pool.write(a.devId, block(0xab), i * BS, a.size);
+    await pool.remove('a');
+    const b = await pool.createDevice('b', 4 * BS);
+    for (let i = 0; i < 4; i++) await pool.write(b.devId, Buffer.from('new'), i * BS + 100, b.size);
+    for (let i = 0; i < 4; i++) {
+      const back = Buffer.alloc(BS);
+      await pool.read(b.devId, back, i * BS, b.size);
+      const expected = Buffer.alloc(BS);
+      expected.write('new', 100);
+      t.true(back.equals(expected), `block ${i} (passdown ${!noDiscardPassdown})`);
+    }
+    await pool.remove('b');
+    await pool.close();
+    const again = await openPool(t, dir);
+    const c = await again.createDevice('c', 4 * BS);
+    await again.write(c.devId, block(0xcd), 0, c.size);
+    await again.remove('c');
+    const d = await again.createDevice('d', 4 * BS);
+    await again.write(d.devId, Buffer.from('x'), 7, d.size);
+    const back = Buffer.alloc(BS);
+    await again.read(d.devId, back, 0, d.size);
+    t.is(back.indexOf(0xcd), -1, 'a reopened pool zeroes too');
+    await again.close();
+    await oracle(t, dir);
+  }
+});

@@ -13,6 +13,7 @@ import { CONFIG_FILE, type PoolConfig, readConfig, writeConfig } from './config.
 import { parseMessage, type PoolMessage } from './messages.js';
 import { type Mapping, PoolMetadata } from './pool-metadata.js';
 import { type NamedDevice, Registry } from './registry.js';
+import { ZeroBlocks } from './zero-blocks.js';
 
 // A thin pool with dm-thin's semantics over POOL/metadata and POOL/data.
 //
@@ -97,6 +98,8 @@ export class Pool {
   private closed = false;
   /** Data written since the last flush; a commit with none skips the data flush. */
   private dataDirty = false;
+  /** Blocks known to read as zeros (a fresh pool, or punched since open). */
+  private readonly zeros: ZeroBlocks;
 
   private constructor(
     readonly dir: string,
@@ -106,9 +109,11 @@ export class Pool {
     readonly registry: Registry,
     private readonly lock: PoolLock,
     private readonly opts: PoolOpenOptions,
+    fresh: boolean,
   ) {
     this.name = path.basename(path.resolve(dir));
     this.blockBytes = md.dataBlockSize * SECTOR;
+    this.zeros = new ZeroBlocks(fresh ? 0 : Math.ceil(data.size() / this.blockBytes));
     if (md.needsCheck || config.features.readOnly) this.mode = 'read_only';
   }
 
@@ -135,7 +140,7 @@ export class Pool {
       await md.commit(async () => {});
       writeConfig(dir, o.config, files);
       made.push(path.join(dir, CONFIG_FILE));
-      return new Pool(dir, md, dataFile(data, opts), o.config, Registry.load(dir, files), lock, opts);
+      return new Pool(dir, md, dataFile(data, opts), o.config, Registry.load(dir, files), lock, opts, true);
     } catch (e) {
       for (const f of made) fs.rmSync(f, { force: true });
       lock.release();
@@ -162,7 +167,7 @@ export class Pool {
       if (data.size() < md.nrDataBlocks * md.dataBlockSize * SECTOR) {
         throw new ThinError('BAD_SUPERBLOCK', `${dir}/data is shorter than the pool's ${md.nrDataBlocks} blocks; restore its length (truncate -s) before opening`);
       }
-      const pool = new Pool(dir, md, data, config, Registry.load(dir, files), lock, opts);
+      const pool = new Pool(dir, md, data, config, Registry.load(dir, files), lock, opts, false);
       await pool.reconcile();
       return pool;
     } catch (e) {
@@ -302,6 +307,7 @@ export class Pool {
       while (j < free.length && free[j]! <= free[j - 1]! + 1) j++;
       try {
         await this.data.punchHole(free[i]! * this.blockBytes, (free[j - 1]! - free[i]! + 1) * this.blockBytes);
+        this.zeros.punchedRun(free[i]!, free[j - 1]! - free[i]! + 1);
       } catch {
         // Passdown errors are ignored, as dm-thin does: the blocks are free either way.
       }
@@ -476,6 +482,7 @@ export class Pool {
 
   private async writeData(src: Buffer, at: number): Promise<void> {
     try {
+      this.zeros.written(Math.floor(at / this.blockBytes));
       await this.data.write(src, at);
       // Set on completion: a write finishing after a commit's flush began
       // must be flushed by the next commit.
@@ -494,13 +501,14 @@ export class Pool {
     if (whole) return;
     const bytes = this.blockBytes;
     if (from !== undefined) {
+      this.zeros.written(nb);
       this.reading.inc(from);
       try {
         await this.data.copyWithin(from * bytes, nb * bytes, bytes);
       } finally {
         this.reading.dec(from);
       }
-    } else if (!this.config.features.skipBlockZeroing) {
+    } else if (!this.config.features.skipBlockZeroing && !this.zeros.isZero(nb)) {
       await this.zeroBlock(nb);
     }
   }
@@ -819,6 +827,7 @@ export class Pool {
       let end = b + 1;
       while (end < this.md.nrDataBlocks && this.md.dataCount(end as DataBlock) === 0) end++;
       await this.data.punchHole(b * this.blockBytes, (end - b) * this.blockBytes);
+      this.zeros.punchedRun(b, end - b);
       punched += end - b;
       b = end;
     }

@@ -1,0 +1,8 @@
+declare module 'sparse-bitfield' {
+  interface Bitfield {
+    get(index: number): boolean;
+    set(index: number, value: boolean): boolean;
+  }
+  function bitfield(options?: { pageSize?: number; trackUpdates?: boolean }): Bitfield;
+  export default bitfield;
+}
