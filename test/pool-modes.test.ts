@@ -191,7 +191,7 @@ test('freed blocks are punched only after the commit, and never with no_discard_
     const data = path.join(dir, 'data');
     const d = await pool.createDevice('a', 64 * BS);
     for (let i = 0; i < 16; i++) await pool.write(d.devId, block(i + 1), i * BS, d.size);
-    const snap = await pool.snapshot('a', 's');
+    await pool.snapshot('a', 's');
     await pool.commit();
     const full = allocatedBytes(data);
     t.true(full >= 16 * BS);
@@ -215,7 +215,6 @@ test('freed blocks are punched only after the commit, and never with no_discard_
     const back = Buffer.alloc(BS);
     await pool.read(d.devId, back, 9 * BS, d.size);
     t.true(back.equals(block(10)));
-    void snap;
     await pool.close();
     await oracle(t, dir);
   }
