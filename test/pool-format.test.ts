@@ -1,8 +1,9 @@
+import { requireTool } from './_helpers/tools.js';
 import test, { type ExecutionContext } from 'ava';
 import { spawnSync } from 'node:child_process';
-import { accessSync, closeSync, constants, createReadStream, ftruncateSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, createReadStream, ftruncateSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { delimiter, join } from 'node:path';
+import { join } from 'node:path';
 import { isThinError } from '../src/base/errors.js';
 import { type DataBlock, type DevId, type VirtBlock } from '../src/base/units.js';
 import { FileBacking } from '../src/io/file-backing.js';
@@ -30,20 +31,6 @@ const MiB = 1024 * 1024;
 //------------------------------------------------------------------------------
 // tools
 
-function findTool(name: string): string {
-  const dirs = [...(process.env['PATH'] ?? '').split(delimiter), '/usr/sbin', '/sbin', '/usr/local/sbin'];
-  for (const dir of dirs) {
-    if (dir === '') continue;
-    const p = join(dir, name);
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      // keep looking
-    }
-  }
-  throw new Error(`${name} not found: install thin-provisioning-tools (apt-get install thin-provisioning-tools)`);
-}
 
 interface Run {
   status: number | null;
@@ -52,7 +39,7 @@ interface Run {
 }
 
 function run(tool: string, args: string[]): Run {
-  const r = spawnSync(findTool(tool), args, { encoding: 'utf8', maxBuffer: 1 << 30 });
+  const r = spawnSync(requireTool(tool), args, { encoding: 'utf8', maxBuffer: 1 << 30 });
   if (r.error) throw r.error;
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }

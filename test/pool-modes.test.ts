@@ -161,7 +161,7 @@ test('a full host filesystem: data writes act as out of data space, metadata wri
   await pool.write(d.devId, block(3), 2 * BS, d.size);
   metaDisk!.armed = true;
   t.is(await code(pool.commit()), 'HOST_NO_SPACE');
-  t.is(pool.mode, 'read_only');
+  t.is(pool.mode as string, 'read_only');
   t.true(pool.md.needsCheck);
   metaDisk!.armed = false;
   await pool.close();

@@ -1,8 +1,9 @@
+import { findTool } from './_helpers/tools.js';
 import test, { type ExecutionContext } from 'ava';
 import { execFileSync } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, rmSync, writeFileSync, openSync, closeSync, ftruncateSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, openSync, closeSync, ftruncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, delimiter } from 'node:path';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { isThinError } from '../src/base/errors.js';
 import {
@@ -17,21 +18,6 @@ import { genLinearDeviceXml, genPoolXml } from './_helpers/xml-gen.js';
 
 // --- helpers ---------------------------------------------------------------
 
-/** Finds a thin tool on PATH or in the sbin directories (tools live in /usr/sbin). */
-function findTool(name: string): string | undefined {
-  const dirs = [...(process.env['PATH'] ?? '').split(delimiter), '/usr/sbin', '/sbin', '/usr/local/sbin'];
-  for (const dir of dirs) {
-    if (dir === '') continue;
-    const p = join(dir, name);
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      // keep looking
-    }
-  }
-  return undefined;
-}
 
 function tmpDir(t: ExecutionContext): string {
   const dir = mkdtempSync(join(tmpdir(), 'thinfuse-xml-'));

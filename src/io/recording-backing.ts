@@ -1,5 +1,6 @@
 import path from 'node:path';
 import type { BackingFile } from './backing-file.js';
+import { ForwardingBacking } from './forwarding-backing.js';
 import type { IoLog } from './io-log.js';
 import type { PoolFiles } from './pool-files.js';
 
@@ -9,75 +10,59 @@ import type { PoolFiles } from './pool-files.js';
 // implementation. Reads pass through unrecorded.
 
 /** A BackingFile that logs writes (with their bytes), punches, truncates and flushes. */
-export class RecordingBacking implements BackingFile {
+export class RecordingBacking extends ForwardingBacking {
   readonly file: number;
 
   /**
    * `name` is the file's name in the pool directory ('data', 'metadata').
    * The log assumes the file is empty (all zeros) when recording starts.
    */
-  constructor(private readonly inner: BackingFile, private readonly log: IoLog, name: string) {
+  constructor(inner: BackingFile, private readonly log: IoLog, name: string) {
+    super(inner);
     this.file = log.addInitialFile(name, inner.size());
   }
 
-  get path(): string {
-    return this.inner.path;
-  }
-  size(): number {
-    return this.inner.size();
-  }
-  readSync(buf: Buffer, offset: number): void {
-    this.inner.readSync(buf, offset);
-  }
-  read(buf: Buffer, offset: number): Promise<void> {
-    return this.inner.read(buf, offset);
-  }
-
-  writeSync(buf: Buffer, offset: number): void {
+  override writeSync(buf: Buffer, offset: number): void {
     const e = this.log.push({ op: 'write', file: this.file, offset, data: Buffer.from(buf), done: Infinity });
     this.inner.writeSync(buf, offset);
     e.done = this.log.tick();
   }
 
-  async write(buf: Buffer, offset: number): Promise<void> {
+  override async write(buf: Buffer, offset: number): Promise<void> {
     const e = this.log.push({ op: 'write', file: this.file, offset, data: Buffer.from(buf), done: Infinity });
     await this.inner.write(buf, offset);
     e.done = this.log.tick();
   }
 
-  async flush(): Promise<void> {
+  override async flush(): Promise<void> {
     const issued = this.log.tick();
     await this.inner.flush();
     this.log.push({ op: 'flush', file: this.file, issued });
   }
 
-  flushSync(): void {
+  override flushSync(): void {
     const issued = this.log.tick();
     this.inner.flushSync();
     this.log.push({ op: 'flush', file: this.file, issued });
   }
 
-  async punchHole(offset: number, length: number): Promise<void> {
+  override async punchHole(offset: number, length: number): Promise<void> {
     const e = this.log.push({ op: 'punch', file: this.file, offset, length, done: Infinity });
     await this.inner.punchHole(offset, length);
     e.done = this.log.tick();
   }
 
   /** Logged as the write of the bytes copied (read first, then written). */
-  async copyWithin(from: number, to: number, length: number): Promise<void> {
+  override async copyWithin(from: number, to: number, length: number): Promise<void> {
     const bytes = Buffer.alloc(length);
     await this.inner.read(bytes, from);
     await this.write(bytes, to);
   }
 
-  async truncate(length: number): Promise<void> {
+  override async truncate(length: number): Promise<void> {
     const e = this.log.push({ op: 'truncate', file: this.file, length, done: Infinity });
     await this.inner.truncate(length);
     e.done = this.log.tick();
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 

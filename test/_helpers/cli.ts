@@ -2,6 +2,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { requireTool } from './tools.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const CLI = path.join(root, 'dist/frontends/cli/main.js');
@@ -27,9 +28,7 @@ export function cliOk(args: string[], input?: Buffer | string): string {
 
 /** Runs one of thin-provisioning-tools; a missing tool fails the test with what to install. */
 export function thinTool(tool: string, args: string[]): { status: number; stdout: string; stderr: string } {
-  const bin = ['/usr/sbin', '/sbin', '/usr/bin'].map((d) => path.join(d, tool)).find((p) => fs.existsSync(p));
-  if (!bin) throw new Error(`${tool} not found: install thin-provisioning-tools (apt-get install thin-provisioning-tools)`);
-  const r = spawnSync(bin, args, { maxBuffer: 1 << 30 });
+  const r = spawnSync(requireTool(tool), args, { maxBuffer: 1 << 30 });
   return { status: r.status ?? -1, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
 }
 

@@ -22,7 +22,7 @@ import { checkMetadata } from '../../src/pool/check.js';
 import { Pool } from '../../src/pool/pool.js';
 import { type Mark, type MgmtOp, Oracle, sameState } from './crash-oracle.js';
 import { mgmtState, runWorkload } from './crash-workload.js';
-import { findTool } from './pool.js';
+import { findTool } from './tools.js';
 import { Rng } from './xml-gen.js';
 
 export type Invariant =

@@ -12,6 +12,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { DevId } from '../../src/base/units.js';
+import { ForwardingBacking } from '../../src/io/forwarding-backing.js';
 import type { BackingFile } from '../../src/io/backing-file.js';
 import { IoLog } from '../../src/io/io-log.js';
 import { MemoryBacking } from '../../src/io/memory-backing.js';
@@ -47,44 +48,13 @@ const MAX_METADATA = 3 * MiB;
 const MAX_DEVICES = 5;
 
 /** The BackingFile `replacement` in place of `real`, closing both. */
-export class Replacing implements BackingFile {
-  constructor(private readonly replacement: BackingFile, private readonly real: BackingFile) {}
-  get path(): string {
-    return this.replacement.path;
+export class Replacing extends ForwardingBacking {
+  constructor(replacement: BackingFile, private readonly real: BackingFile) {
+    super(replacement);
   }
-  size(): number {
-    return this.replacement.size();
-  }
-  readSync(buf: Buffer, offset: number): void {
-    this.replacement.readSync(buf, offset);
-  }
-  writeSync(buf: Buffer, offset: number): void {
-    this.replacement.writeSync(buf, offset);
-  }
-  read(buf: Buffer, offset: number): Promise<void> {
-    return this.replacement.read(buf, offset);
-  }
-  write(buf: Buffer, offset: number): Promise<void> {
-    return this.replacement.write(buf, offset);
-  }
-  flush(): Promise<void> {
-    return this.replacement.flush();
-  }
-  flushSync(): void {
-    this.replacement.flushSync();
-  }
-  punchHole(offset: number, length: number): Promise<void> {
-    return this.replacement.punchHole(offset, length);
-  }
-  copyWithin(from: number, to: number, length: number): Promise<void> {
-    return this.replacement.copyWithin(from, to, length);
-  }
-  truncate(length: number): Promise<void> {
-    return this.replacement.truncate(length);
-  }
-  async close(): Promise<void> {
+  override async close(): Promise<void> {
     try {
-      await this.replacement.close();
+      await this.inner.close();
     } finally {
       await this.real.close();
     }

@@ -5,9 +5,9 @@
 import type { ExecutionContext } from 'ava';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { delimiter, join } from 'node:path';
+import { join } from 'node:path';
 import type { BackingFile } from '../../src/io/backing-file.js';
 import { DelayBacking } from '../../src/io/delay-backing.js';
 import { defaultConfig, type PoolConfig, type PoolFeatures } from '../../src/pool/config.js';
@@ -15,6 +15,7 @@ import { dumpMetadata } from '../../src/pool/dump.js';
 import { Pool, type PoolOpenOptions } from '../../src/pool/pool.js';
 import { type DeviceIR, type DumpVisitor, type MappingIR, parseDumpXml, type SuperblockIR, XmlDumpWriter } from '../../src/pool/xml.js';
 import type { ThinModel } from './model.js';
+import { requireTool } from './tools.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
@@ -110,27 +111,7 @@ export class JitterBacking extends DelayBacking {
 //------------------------------------------------------------------------------
 // the thin-provisioning-tools oracle
 
-/** A thin tool on PATH or in the sbin directories (Debian puts them in /usr/sbin). */
-export function findTool(name: string): string | undefined {
-  const dirs = [...(process.env['PATH'] ?? '').split(delimiter), '/usr/sbin', '/sbin', '/usr/local/sbin'];
-  for (const dir of dirs) {
-    if (dir === '') continue;
-    const p = join(dir, name);
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      // keep looking
-    }
-  }
-  return undefined;
-}
 
-function requireTool(name: string): string {
-  const p = findTool(name);
-  if (!p) throw new Error(`${name} not found: install thin-provisioning-tools (0.9.0; apt-get install thin-provisioning-tools)`);
-  return p;
-}
 
 /** Our own dump of a closed pool, as thin_dump would print it. */
 export async function ourDump(dir: string): Promise<string> {
