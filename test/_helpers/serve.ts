@@ -163,6 +163,16 @@ export function alive(pid: number): boolean {
   }
 }
 
+/** Field 22 of /proc/PID/stat: tells a pid's process from a later one reusing the pid. */
+export function processStartTime(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
 /** Waits (blocking) until pid is gone; true if it went within ms. */
 export function waitGoneSync(pid: number, ms: number): boolean {
   const end = Date.now() + ms;
@@ -356,6 +366,9 @@ export class E2E {
     requireSystem();
     await lockE2E(t);
     const root = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+    // The tag scripts/sweep.ts looks for: which worker owns this dir, so a
+    // later run clears it only once that worker is gone.
+    fs.writeFileSync(path.join(root, '.thinfuse-test'), `${process.pid} ${processStartTime(process.pid)}\n`);
     const env = new E2E(t, root);
     // The bottom of the stack: remove the dir, but only once nothing is
     // mounted under it or attached to a file in it (rm -r would follow mounts).
@@ -410,6 +423,7 @@ export class E2E {
   /** Registers a pid we started, so leftovers() checks it. */
   track(pid: number): void {
     this.pids.add(pid);
+    fs.appendFileSync(path.join(this.root, '.pids'), `${pid}\n`);
   }
 
   //----------------------------------------------------------------------------
