@@ -4,7 +4,6 @@ import { ThinError } from '../../base/errors.js';
 import { formatBytes, parseCount, parseSize } from '../../base/size.js';
 import { type DevId, MAX_DEV_ID } from '../../base/units.js';
 import { defaultConfig, type PoolConfig } from '../../pool/config.js';
-import { Pool } from '../../pool/pool.js';
 import { statusLines } from '../../pool/status.js';
 import { IO_PIECE } from '../ops.js';
 import { callOp, withSession } from './session.js';
@@ -77,6 +76,7 @@ function poolCommands(program: Command): void {
       config.features.errorIfNoSpace = Boolean(o.errorIfNoSpace);
       config.features.noDiscardPassdown = o.discardPassdown === false;
       config.features.ignoreDiscard = Boolean(o.ignoreDiscard);
+      const { Pool } = await import('../../pool/pool.js');
       const p = await Pool.create(dir, { dataSize, metadataSize, blockSize, config });
       await p.close();
       out.result({ pool: dir, dataSize, metadataSize, blockSize, nrDataBlocks: dataSize / blockSize, config },

@@ -1,10 +1,15 @@
 import { isThinError } from '../../base/errors.js';
-import { Pool } from '../../pool/pool.js';
 import { ControlClient, readPointer } from '../daemon/control.js';
-import { type OpArgs, type OpName, type OpResult, runOp } from '../ops.js';
+import type { Pool } from '../../pool/pool.js';
+import type { OpArgs, OpName, OpResult } from '../ops.js';
 
-// A CLI command talks to a pool through a session: the pool opened in this
-// process when nobody holds it, or the serving daemon's control socket.
+// A CLI command talks to a pool through a session: the serving daemon's
+// control socket when `thinfuse serve` holds the pool, or else the pool
+// opened in this process.
+//
+// The socket is tried first and the engine is imported only when it is
+// needed: most of a short command's time is Node loading modules, and a
+// command sent to a daemon needs none of the engine's.
 
 export interface Session {
   readonly remote: boolean;
@@ -12,25 +17,35 @@ export interface Session {
   close(): Promise<void>;
 }
 
+async function daemonSession(dir: string): Promise<Session | undefined> {
+  const ptr = readPointer(dir);
+  if (!ptr) return undefined;
+  let client: ControlClient;
+  try {
+    client = await ControlClient.connect(ptr.socketPath);
+  } catch {
+    return undefined; // a stale pointer: the daemon is gone
+  }
+  return {
+    remote: true,
+    call: (op, args) => client.call(op, args) as never,
+    close: async () => client.close(),
+  };
+}
+
 export async function openSession(dir: string): Promise<Session> {
+  const remote = await daemonSession(dir);
+  if (remote) return remote;
+  const [engine, { runOp }] = await Promise.all([import('../../pool/pool.js'), import('../ops.js')]);
   let pool: Pool;
   try {
-    pool = await Pool.open(dir, { oneShot: true });
+    pool = await engine.Pool.open(dir, { oneShot: true });
   } catch (e) {
     if (!isThinError(e, 'POOL_LOCKED')) throw e;
-    const ptr = readPointer(dir);
-    if (!ptr) throw e;
-    let client: ControlClient;
-    try {
-      client = await ControlClient.connect(ptr.socketPath);
-    } catch {
-      throw e;
-    }
-    return {
-      remote: true,
-      call: (op, args) => client.call(op, args) as never,
-      close: async () => client.close(),
-    };
+    // A daemon that started a moment ago holds the lock before its socket is up.
+    const late = await daemonSession(dir);
+    if (late) return late;
+    throw e;
   }
   return {
     remote: false,
