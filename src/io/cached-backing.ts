@@ -128,6 +128,16 @@ export class CachedBacking implements BackingFile {
     }
   }
 
+  /** Forgets the cached units a range touches (a fault was set or cleared there). */
+  invalidate(offset: number, length: number): void {
+    const first = Math.floor(offset / CACHE_UNIT);
+    const end = Math.ceil((offset + length) / CACHE_UNIT);
+    if (end - first <= this.lru.size + this.loading.size) return this.drop(offset, length);
+    // A range larger than the cache: visit what is cached instead of every unit.
+    for (const u of [...this.lru.keys()]) if (u >= first && u < end) this.lru.delete(u);
+    for (const [u, list] of this.loading) if (u >= first && u < end) for (const st of list) st.stale = true;
+  }
+
   async write(buf: Buffer, offset: number): Promise<void> {
     try {
       await this.inner.write(buf, offset);
