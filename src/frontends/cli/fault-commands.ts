@@ -5,7 +5,7 @@ import { isThinError, ThinError } from '../../base/errors.js';
 import { formatBytes, parseSize } from '../../base/size.js';
 import type { Fault, FaultFile, FaultKind, FaultOp } from '../../io/fault-backing.js';
 import type { FaultSpec } from '../../pool/faults.js';
-import { ControlClient, readPointer } from '../daemon/control.js';
+import { connectDaemon } from '../daemon/control.js';
 import type { Out } from './output.js';
 import { table } from './output.js';
 
@@ -117,14 +117,8 @@ export function specOf(kind: string, o: SetOptions): FaultSpec {
 type FaultOpName = 'faultSet' | 'faultList' | 'faultClear';
 
 async function viaDaemon(dir: string, op: FaultOpName, args: unknown): Promise<{ value: unknown } | undefined> {
-  const ptr = readPointer(dir);
-  if (!ptr) return undefined;
-  let client: ControlClient;
-  try {
-    client = await ControlClient.connect(ptr.socketPath);
-  } catch {
-    return undefined;
-  }
+  const client = await connectDaemon(dir);
+  if (!client) return undefined;
   try {
     return { value: await client.call(op, args) };
   } finally {

@@ -1,5 +1,5 @@
 import { isThinError } from '../../base/errors.js';
-import { ControlClient, readPointer } from '../daemon/control.js';
+import { connectDaemon } from '../daemon/control.js';
 import type { Pool } from '../../pool/pool.js';
 import type { OpArgs, OpName, OpResult } from '../ops.js';
 
@@ -18,14 +18,8 @@ export interface Session {
 }
 
 async function daemonSession(dir: string): Promise<Session | undefined> {
-  const ptr = readPointer(dir);
-  if (!ptr) return undefined;
-  let client: ControlClient;
-  try {
-    client = await ControlClient.connect(ptr.socketPath);
-  } catch {
-    return undefined; // a stale pointer: the daemon is gone
-  }
+  const client = await connectDaemon(dir);
+  if (!client) return undefined;
   return {
     remote: true,
     call: (op, args) => client.call(op, args) as never,

@@ -112,6 +112,17 @@ export function readPointer(poolDir: string): { socketPath: string; pid: number 
   }
 }
 
+/** A connection to the daemon serving the pool, or undefined when none answers (no pointer, or a stale one). */
+export async function connectDaemon(poolDir: string): Promise<ControlClient | undefined> {
+  const ptr = readPointer(poolDir);
+  if (!ptr) return undefined;
+  try {
+    return await ControlClient.connect(ptr.socketPath);
+  } catch {
+    return undefined;
+  }
+}
+
 /** A connection to a serving daemon. */
 export class ControlClient {
   private nextId = 1;

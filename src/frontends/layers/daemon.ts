@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ThinError } from '../../base/errors.js';
-import { ControlClient, readPointer } from '../daemon/control.js';
+import { connectDaemon, readPointer } from '../daemon/control.js';
 
 // The one daemon layer mounts need. When no `thinfuse serve` serves the
 // pool, the layer store starts `thinfuse serve POOL POOL/fuse --daemon` (its
@@ -21,13 +21,8 @@ export interface Served {
 /** The serve running for this pool, if its control socket answers. */
 export async function servedBy(pool: string): Promise<Served | undefined> {
   const ptr = readPointer(pool);
-  if (!ptr) return undefined;
-  let client: ControlClient;
-  try {
-    client = await ControlClient.connect(ptr.socketPath);
-  } catch {
-    return undefined;
-  }
+  const client = await connectDaemon(pool);
+  if (!ptr || !client) return undefined;
   try {
     const info = (await client.call('info', {})) as { mountpoint: string | null };
     return info.mountpoint ? { pid: ptr.pid, mountpoint: info.mountpoint } : undefined;
