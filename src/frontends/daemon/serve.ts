@@ -18,6 +18,8 @@ export interface ServeOptions {
   cacheBlocks: number;
   /** Data block (read) cache, in bytes. */
   dataCacheBytes: number;
+  /** The native fast path for mapped reads and writes (default on; off with --fast-path off). */
+  fastPath?: boolean;
   log: (line: string) => void;
 }
 
@@ -100,12 +102,13 @@ export class Server {
     }
     // The pool lock first: a second serve of this pool is told who holds it.
     const pool = await Pool.open(poolDir, { cacheBlocks: o.cacheBlocks, dataCacheBytes: o.dataCacheBytes });
+    let devices: DeviceFs | undefined;
     try {
       prepareMountpoint(mountpoint, o.log);
       refuseSelfBacked(poolDir, mountpoint);
       lowerOomScore(o.log);
-      const devices = new DeviceFs(pool, { error: (op, name, e) => o.log(`${op} ${name}: ${(e as Error).message}`) });
       const Fuse = loadFuse();
+      devices = new DeviceFs(pool, { error: (op, name, e) => o.log(`${op} ${name}: ${(e as Error).message}`) }, { fastPath: o.fastPath === false ? undefined : Fuse.fastPath });
       const fuse = new Fuse(mountpoint, devices.ops(), { fsname: mountOptions(pool.name), force: false, mkdir: false, timeout: false });
       await callback((cb) => fuse.mount(cb));
       const server = new Server(pool, mountpoint, devices, fuse, undefined, o.log);
@@ -113,6 +116,7 @@ export class Server {
       server.timer = setInterval(() => void server.tick(), 1000);
       return server;
     } catch (e) {
+      devices?.close();
       await pool.close();
       throw e;
     }
@@ -127,6 +131,7 @@ export class Server {
     return {
       mountpoint: this.mountpoint,
       openDevices: () => this.devices.openDevices(),
+      fastPathStats: () => this.devices.fastPathStats(),
       changed: async (name) => {
         for (const dev of loopsOf(file(name))) flushBuffers(dev);
       },
@@ -169,6 +174,7 @@ export class Server {
       this.timer = setInterval(() => void this.tick(), 1000);
       return false;
     }
+    this.devices.close();
     await this.pool.close();
     this.done();
     return true;
