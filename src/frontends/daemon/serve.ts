@@ -116,7 +116,7 @@ export class Server {
       server.timer = setInterval(() => void server.tick(), 1000);
       return server;
     } catch (e) {
-      devices?.close();
+      await devices?.close();
       await pool.close();
       throw e;
     }
@@ -174,7 +174,7 @@ export class Server {
       this.timer = setInterval(() => void this.tick(), 1000);
       return false;
     }
-    this.devices.close();
+    await this.devices.close();
     await this.pool.close();
     this.done();
     return true;

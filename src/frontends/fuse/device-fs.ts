@@ -55,9 +55,14 @@ export class DeviceFs {
     return this.fast?.stats() ?? null;
   }
 
-  /** Turns the fast path off, waiting for its I/O; call before the pool closes. */
-  close(): void {
-    this.fast?.close();
+  /**
+   * Turns the fast path off, waiting for its I/O, and makes its writes durable
+   * (the pool's close commits, but knows nothing of them); call before the pool closes.
+   */
+  async close(): Promise<void> {
+    if (!this.fast) return;
+    this.fast.close();
+    if (this.fast.takeDirty()) await this.pool.data.flush();
   }
 
   /** Names of device files open now (a loop device holds its file open). */

@@ -22,6 +22,11 @@ import type { FastPathBinding } from './fuse-native.js';
 // Memory: the native table (3 MiB), plus one bit per data block of the pool
 // here (2 MiB per TiB of pool at 64 KiB blocks).
 //
+// Sequential access: a device reads or writes through JS block after block
+// only while the table does not know them yet, so when JS sees consecutive
+// blocks it also copies the next PREFETCH mappings in (same synchronous step
+// as the pool's own lookup, so just as exact).
+//
 // Only a plain data file (FileBacking, optionally under the data cache)
 // qualifies: fault injection, delays and recording wrap the data file, and
 // all their I/O must go through JS.
@@ -34,9 +39,21 @@ export interface FastPathStats {
   writeBytes: number;
 }
 
+/** Mappings copied ahead of a sequential JS-path access. */
+const PREFETCH = 64;
+
+interface DeviceRecord {
+  name: string;
+  size: number;
+  /** The last block JS reported, and the end of what was copied ahead. */
+  last: number;
+  ahead: number;
+}
+
 export class FastPath implements MappingHooks {
   /** Devices with a native record (name and size), by dev id. */
-  private readonly records = new Map<DevId, { name: string; size: number }>();
+  private readonly records = new Map<DevId, DeviceRecord>();
+  private prefetching = false;
   private writable: Uint8Array;
   private closed = false;
 
@@ -66,12 +83,38 @@ export class FastPath implements MappingHooks {
     if (this.closed) return;
     const r = this.records.get(d.devId);
     if (r && r.name === d.name && r.size === d.size) return;
-    if (this.native.enable(d.devId, d.name, d.size)) this.records.set(d.devId, { name: d.name, size: d.size });
+    if (this.native.enable(d.devId, d.name, d.size)) this.records.set(d.devId, { name: d.name, size: d.size, last: -2, ahead: 0 });
     else this.records.delete(d.devId);
   }
 
   mapped(dev: DevId, vb: VirtBlock, block: DataBlock, exclusive: boolean): void {
-    if (this.closed || !this.records.has(dev)) return;
+    const r = this.records.get(dev);
+    if (this.closed || !r) return;
+    this.insert(dev, vb, block, exclusive);
+    const sequential = vb > r.last && vb <= r.last + 2;
+    r.last = vb;
+    if (sequential && vb + 8 >= r.ahead && !this.prefetching) this.prefetch(dev, r, vb);
+  }
+
+  /** Copies the mappings of the next PREFETCH blocks after vb (a metadata error just stops it). */
+  private prefetch(dev: DevId, r: DeviceRecord, vb: number): void {
+    this.prefetching = true;
+    const bb = this.pool.blockBytes;
+    const end = Math.min(Math.max(vb + 1, r.ahead) + PREFETCH, Math.ceil(r.size / bb));
+    try {
+      for (let b = Math.max(vb + 1, r.ahead); b < end; b++) {
+        const m = this.pool.md.lookup(dev, b as VirtBlock);
+        if (m) this.insert(dev, b as VirtBlock, m.block, !this.pool.md.isShared(dev, m));
+      }
+    } catch {
+      // The pool's own lookups will meet and report the error.
+    } finally {
+      this.prefetching = false;
+    }
+    r.ahead = end;
+  }
+
+  private insert(dev: DevId, vb: VirtBlock, block: DataBlock, exclusive: boolean): void {
     const mode = this.pool.mode;
     if (mode === 'fail') return;
     const writable = exclusive && (mode === 'write' || mode === 'out_of_data_space');
@@ -90,6 +133,7 @@ export class FastPath implements MappingHooks {
       this.setWritable(b, false);
       this.cache?.invalidate(b * this.pool.blockBytes, this.pool.blockBytes);
     }
+    for (const [id, r] of this.records) if (dev === undefined || id === dev) r.ahead = 0;
     if (what !== 'all') return;
     if (dev === undefined) this.records.clear();
     else this.records.delete(dev);
