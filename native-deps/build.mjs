@@ -2,7 +2,9 @@
 // Builds, with the system C compiler and Node's own N-API headers (no node-gyp,
 // no downloads):
 //
-//  1. native-deps/build/thinfuse_native.node from thinfuse_native.c;
+//  1. native-deps/build/thinfuse_native.node from thinfuse_native.c, and
+//     native-deps/build/thinfuse_fs.node from fs_extra.c (xattrs, mknod: for
+//     image layers);
 //  2. a patched fuse-native in native-deps/build/fuse-native/: index.js,
 //     fuse-native.c, semaphore.h and package.json copied from
 //     node_modules/fuse-native, native-deps/fuse-native.patch applied (a
@@ -45,14 +47,17 @@ if (process.platform !== 'linux') {
   die(`needs Linux (fallocate, copy_file_range, FUSE); this is ${process.platform}`);
 }
 
-buildAddon();
+buildAddon('thinfuse_native.c', 'thinfuse_native.node', [
+  'punchHole', 'punchHoleAsync', 'zeroRange', 'fallocate', 'copyFileRange', 'flock', 'funlock',
+]);
+buildAddon('fs_extra.c', 'thinfuse_fs.node', ['lsetxattr', 'lgetxattr', 'llistxattr', 'mknod']);
 buildFuseNative();
 
-// ------------------------------------------------------ 1. thinfuse_native
+// --------------------------------------------- 1. thinfuse_native, thinfuse_fs
 
-function buildAddon() {
-  const source = path.join(here, 'thinfuse_native.c');
-  const output = path.join(outDir, 'thinfuse_native.node');
+function buildAddon(sourceName, outputName, exportNames) {
+  const source = path.join(here, sourceName);
+  const output = path.join(outDir, outputName);
   if (!force && isNewer(output, source)) return;
 
   const includeDir = findHeaders();
@@ -86,7 +91,7 @@ function buildAddon() {
   // Load it once, so a broken build fails here rather than at first use.
   try {
     const addon = createRequire(import.meta.url)(output);
-    for (const name of ['punchHole', 'punchHoleAsync', 'zeroRange', 'fallocate', 'copyFileRange', 'flock', 'funlock']) {
+    for (const name of exportNames) {
       if (typeof addon[name] !== 'function') throw new Error(`export ${name} missing`);
     }
   } catch (e) {

@@ -2,14 +2,16 @@
 # The main job: a small pool, a thin device, a snapshot, the real
 # thin-provisioning-tools reading what thinfuse wrote; then the same pool
 # served through FUSE: attach, mkfs.xfs, mount, write, snapshot under the
-# mounted filesystem, mount the snapshot, status. Cleans up after itself,
-# also when a step fails.
+# mounted filesystem, mount the snapshot, status; then Docker-style layers on
+# a second pool: a busybox image imported, a container of it run with chroot,
+# docker-info's report. Cleans up after itself, also when a step fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [[ -f dist/frontends/cli/main.js ]] || npm run build >/dev/null
 thinfuse() { node dist/frontends/cli/main.js "$@"; }
 work=$(mktemp -d /tmp/thinfuse-demo.XXXXXX)
 P=$work/P
+L=$work/L
 serve_pid=""
 mounts=()
 loops=()
@@ -20,7 +22,15 @@ cleanup() {
   if [[ -n $serve_pid ]] && kill -0 "$serve_pid" 2>/dev/null; then
     for _ in 1 2 3 4 5 6 7 8 9 10; do sleep 0.3; kill -TERM "$serve_pid" 2>/dev/null || break; kill -0 "$serve_pid" 2>/dev/null || break; done
   fi
-  rm -rf "$work"
+  # The layer part's leftovers if a step failed: its container mount, then the
+  # serve the layer store started (its pid file), which then unmounts itself.
+  [[ -d $work/rootfs ]] && umount "$work/rootfs" 2>/dev/null || true
+  if [[ -f $L/serve.pid ]]; then
+    node dist/frontends/cli/main.js container unmount "$L" c1 >/dev/null 2>&1 || true
+    local lpid; lpid=$(cat "$L/serve.pid")
+    for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$lpid" 2>/dev/null || break; kill -TERM "$lpid" 2>/dev/null || break; sleep 0.3; done
+  fi
+  if ! grep -q " $work/" /proc/mounts; then rm -rf "$work"; else echo "demo: left $work in place: something is still mounted under it" >&2; fi
 }
 trap cleanup EXIT
 step() { printf '\n$ %s\n' "$*"; }
@@ -91,5 +101,31 @@ kill -TERM "$serve_pid"
 while kill -0 "$serve_pid" 2>/dev/null; do sleep 0.2; done
 serve_pid=""
 thin_check "$P/metadata"
+
+echo
+echo "--- Docker-style layers: images and containers as snapshots ---"
+step 'npx tsx scripts/busybox-image.ts busybox.tar   # an OCI image: busybox-static, and a layer deleting /etc/gone.txt'
+npx tsx scripts/busybox-image.ts "$work/busybox.tar"
+step thinfuse layer init L --storage-opt dm.basesize=512M --storage-opt dm.loopdatasize=4G --storage-opt dm.loopmetadatasize=256M
+thinfuse layer init "$L" --storage-opt dm.basesize=512M --storage-opt dm.loopdatasize=4G --storage-opt dm.loopmetadatasize=256M
+step thinfuse image import L busybox.tar
+thinfuse image import "$L" "$work/busybox.tar"
+step thinfuse container create L busybox:demo c1
+thinfuse container create "$L" busybox:demo c1
+step thinfuse container mount L c1 rootfs
+mkdir -p "$work/rootfs"
+thinfuse container mount "$L" c1 "$work/rootfs"
+step "chroot rootfs /bin/sh -c 'cat /etc/motd; ls /etc/gone.txt; echo hi > /root/hi'"
+chroot "$work/rootfs" /bin/sh -c 'cat /etc/motd; ls /etc/gone.txt 2>&1; echo hi > /root/hi' || true
+step thinfuse container ls L
+thinfuse container ls "$L"
+step thinfuse info L
+thinfuse info "$L"
+step 'thinfuse container unmount L c1; thinfuse container rm L c1; thinfuse image rm L busybox:demo'
+thinfuse container unmount "$L" c1
+thinfuse container rm "$L" c1
+thinfuse image rm "$L" busybox:demo
+step thin_check L/metadata
+thin_check "$L/metadata"
 echo
 echo "demo: ok"

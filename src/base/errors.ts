@@ -26,7 +26,8 @@ export type ErrorCode =
   | 'HOST_NO_SPACE'     // the host filesystem under the sparse files is full
   | 'NOT_SUPPORTED'     // operation the pool's mode or features refuse
   | 'CHECK_FAILED'
-  | 'BAD_XML';
+  | 'BAD_XML'
+  | 'BAD_ARCHIVE';      // a layer tar or image archive that is malformed, unsafe or fails its digests
 
 export class ThinError extends Error {
   readonly code: ErrorCode;

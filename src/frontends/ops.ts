@@ -1,10 +1,9 @@
 import { ThinError } from '../base/errors.js';
 import type { DevId } from '../base/units.js';
 import { type PoolConfig, writeConfig } from '../pool/config.js';
-import { dumpMetadata } from '../pool/dump.js';
+import type { FaultSpec, PoolFaults } from '../pool/faults.js';
 import type { Pool } from '../pool/pool.js';
 import { poolStatus } from '../pool/status.js';
-import { XmlDumpWriter } from '../pool/xml.js';
 
 // The operations a user can ask of an open pool. The CLI runs them in its
 // own process when no daemon holds the pool, and sends them over the
@@ -27,6 +26,13 @@ export interface ServeHooks {
 export interface OpContext {
   pool: Pool;
   serve?: ServeHooks;
+  /** The faults under the pool's backing files (thinfuse fault). */
+  faults?: PoolFaults;
+}
+
+function faultsOf(c: OpContext): PoolFaults {
+  if (!c.faults) throw new ThinError('NOT_SUPPORTED', `pool ${c.pool.name} was opened without fault injection`);
+  return c.faults;
 }
 
 /** Largest piece of device data one read or write request carries. */
@@ -64,6 +70,21 @@ export const OPS = {
 
   async snapshot(c: OpContext, a: { origin: string; name: string; size?: number }) {
     return c.pool.snapshot(a.origin, a.name, a.size);
+  },
+
+  // The layer store's own devices (layer/<id>, see registry.ts): the same
+  // as create and snapshot, in a namespace the user's names cannot reach.
+  async layerCreate(c: OpContext, a: { name: string; size: number }) {
+    return c.pool.createDevice(a.name, a.size, undefined, { namespaced: true });
+  },
+
+  async layerSnapshot(c: OpContext, a: { origin: string; name: string; size?: number }) {
+    return c.pool.snapshot(a.origin, a.name, a.size, { namespaced: true });
+  },
+
+  /** The layer namespace's devices that exist, name and dev id (cheap: no mapping walk). */
+  async layerDevices(c: OpContext) {
+    return c.pool.registry.list().filter((d) => d.name.startsWith('layer/') && c.pool.md.hasDevice(d.devId));
   },
 
   async remove(c: OpContext, a: { name: string }) {
@@ -158,11 +179,25 @@ export const OPS = {
     return a.config;
   },
 
+  async faultSet(c: OpContext, a: { spec: FaultSpec }) {
+    return faultsOf(c).set(a.spec, c.pool);
+  },
+
+  async faultList(c: OpContext) {
+    return faultsOf(c).list();
+  },
+
+  async faultClear(c: OpContext, a: { ids?: number[] }) {
+    return { cleared: faultsOf(c).clear(a.ids ?? [], c.pool) };
+  },
+
   async dump(c: OpContext, a: { metadataSnap?: boolean }) {
     await c.pool.commit();
     if (a.metadataSnap && c.pool.md.sb.heldRoot === 0) {
       throw new ThinError('SNAP_NOT_HELD', 'no metadata snapshot is held; send reserve_metadata_snap first');
     }
+    // Loaded on first use: the XML parser behind xml.ts costs every CLI start ~20 ms.
+    const [{ dumpMetadata }, { XmlDumpWriter }] = await Promise.all([import('../pool/dump.js'), import('../pool/xml.js')]);
     const chunks: string[] = [];
     const w = new XmlDumpWriter((s) => chunks.push(s));
     dumpMetadata(c.pool.md, w, { metadataSnap: Boolean(a.metadataSnap) });

@@ -124,11 +124,6 @@ export class CachedBacking implements BackingFile {
     }
   }
 
-  /** Forgets a range changed behind this wrapper's back, including loads of it in flight. */
-  invalidate(offset: number, length: number): void {
-    this.drop(offset, length);
-  }
-
   private drop(offset: number, length: number): void {
     if (length <= 0) return;
     const first = Math.floor(offset / CACHE_UNIT);
@@ -137,6 +132,19 @@ export class CachedBacking implements BackingFile {
       this.lru.delete(u);
       for (const st of this.loading.get(u) ?? []) st.stale = true;
     }
+  }
+
+  /**
+   * Forgets the cached units a range touches, including loads of it in
+   * flight: a fault was set or cleared there, or the fast path wrote it.
+   */
+  invalidate(offset: number, length: number): void {
+    const first = Math.floor(offset / CACHE_UNIT);
+    const end = Math.ceil((offset + length) / CACHE_UNIT);
+    if (end - first <= this.lru.size + this.loading.size) return this.drop(offset, length);
+    // A range larger than the cache: visit what is cached instead of every unit.
+    for (const u of [...this.lru.keys()]) if (u >= first && u < end) this.lru.delete(u);
+    for (const [u, list] of this.loading) if (u >= first && u < end) for (const st of list) st.stale = true;
   }
 
   async write(buf: Buffer, offset: number): Promise<void> {

@@ -79,6 +79,11 @@ export class BlockManager {
     }
   }
 
+  /** Forgets clean copies of blocks [first, end): a fault was set there, so reads must reach the file. */
+  dropClean(first: number, end: number): void {
+    for (const b of [...this.clean.keys()]) if (b >= first && b < end) this.clean.delete(b);
+  }
+
   isDirty(b: MetaBlock): boolean {
     return this.dirty.has(b);
   }

@@ -12,7 +12,7 @@ import { type Canary, SuperblockFirstBacking } from './canary.js';
 import { CONFIG_FILE, type PoolConfig, readConfig, writeConfig } from './config.js';
 import { parseMessage, type PoolMessage } from './messages.js';
 import { type Mapping, PoolMetadata } from './pool-metadata.js';
-import { type NamedDevice, Registry } from './registry.js';
+import { type NamedDevice, type NameOptions, Registry } from './registry.js';
 import { ZeroBlocks } from './zero-blocks.js';
 
 // A thin pool with dm-thin's semantics over POOL/metadata and POOL/data.
@@ -120,6 +120,17 @@ export class Pool {
   private dataDirty = false;
   /** Blocks known to read as zeros (a fresh pool, or punched since open). */
   private readonly zeros: ZeroBlocks;
+  /**
+   * Why flushes fail from now on: the first failed fdatasync of the data
+   * file (after a failed writeback the host may mark dirty pages clean, so a
+   * later fsync could succeed without the data: fsyncgate), or an aborted
+   * transaction (acknowledged writes since the last commit are gone). Sticky:
+   * every later flush fails until the pool is reopened.
+   */
+  private flushError: ThinError | undefined;
+  private dataFlushing: Promise<void> | undefined;
+  /** Writes are waiting because the host filesystem under POOL/data is full. */
+  private hostFull = false;
 
   private constructor(
     readonly dir: string,
@@ -260,6 +271,7 @@ export class Pool {
    * needs_check and go read-only, as dm-thin's metadata_operation_failed.
    */
   private async metadataFailed(e: unknown): Promise<never> {
+    this.flushError ??= new ThinError('IO_ERROR', `pool ${this.name} aborted its transaction (${(e as Error)?.message}); writes since the last commit may be lost, so flushes fail: close the pool, run thinfuse check`);
     if (this.mode !== 'fail') {
       try {
         this.hooks?.revoke(undefined, 'all');
@@ -312,10 +324,43 @@ export class Pool {
 
   /** A FLUSH: commits if metadata changed, else makes completed data writes durable. */
   async flush(): Promise<void> {
+    if (this.flushError) throw this.flushError;
     await this.commit();
+    // A commit that another request ran meanwhile may have failed with our writes in it.
+    if (this.flushError) throw this.flushError;
     if (this.dataDirty) {
       this.dataDirty = false;
+      try {
+        await this.flushDataFile();
+      } catch (e) {
+        // As a failed commit would: abort, needs_check, read-only.
+        while (this.commitRunning) await this.commitRunning.catch(() => {});
+        if (this.mode === 'write' || this.mode === 'out_of_data_space') await this.metadataFailed(e);
+        throw e;
+      }
+    }
+    // Another request's data flush, still running, may hold our writes: its outcome is ours.
+    if (this.dataFlushing) await this.dataFlushing.catch(() => {});
+    if (this.flushError) throw this.flushError;
+  }
+
+  /** fdatasync of the data file; a failure is remembered (see flushError). */
+  private flushDataFile(): Promise<void> {
+    const run = this.flushDataFileNow();
+    this.dataFlushing = run;
+    run.then(() => {}, () => {}).finally(() => {
+      if (this.dataFlushing === run) this.dataFlushing = undefined;
+    });
+    return run;
+  }
+
+  private async flushDataFileNow(): Promise<void> {
+    if (this.flushError) throw this.flushError;
+    try {
       await this.data.flush();
+    } catch (e) {
+      this.flushError = new ThinError('IO_ERROR', `flushing ${this.dir}/data failed (${(e as Error).message}); every later flush fails too: close the pool, run thinfuse check, reopen`, {}, e);
+      throw this.flushError;
     }
   }
 
@@ -325,7 +370,7 @@ export class Pool {
     try {
       const flushData = this.dataDirty;
       this.dataDirty = false;
-      await this.md.commit(() => (flushData ? this.data.flush() : Promise.resolve()));
+      await this.md.commit(() => (flushData ? this.flushDataFile() : Promise.resolve()));
     } catch (e) {
       const err = isThinError(e) ? e : new ThinError('IO_ERROR', `commit failed: ${(e as Error).message}`);
       this.commitRunning = undefined;
@@ -529,19 +574,51 @@ export class Pool {
   }
 
   private async writeData(src: Buffer, at: number): Promise<void> {
-    try {
-      this.zeros.written(Math.floor(at / this.blockBytes));
-      await this.data.write(src, at);
-      // Set on completion: a write finishing after a commit's flush began
-      // must be flushed by the next commit.
-      this.dataDirty = true;
-    } catch (e) {
-      if (isThinError(e, 'HOST_NO_SPACE')) {
-        if (this.mode === 'write') this.mode = 'out_of_data_space';
-        throw new ThinError('NO_DATA_SPACE', `the host filesystem under ${this.dir}/data is full; free space on it`);
+    this.zeros.written(Math.floor(at / this.blockBytes));
+    for (;;) {
+      try {
+        await this.data.write(src, at);
+        // Set on completion: a write finishing after a commit's flush began
+        // must be flushed by the next commit.
+        this.dataDirty = true;
+        if (this.hostFull) this.hostSpaceBack();
+        return;
+      } catch (e) {
+        if (!isThinError(e, 'HOST_NO_SPACE')) throw e;
+        await this.waitForHostSpace();
       }
-      throw e;
     }
+  }
+
+  /**
+   * The host filesystem under POOL/data is full: out_of_data_space, and per
+   * the no-space policy either fail at once or retry every second until the
+   * write goes through or no_space_timeout runs out.
+   */
+  private async waitForHostSpace(): Promise<void> {
+    const full = () => new ThinError('NO_DATA_SPACE', `the host filesystem under ${this.dir}/data is full; free space on it`);
+    this.hostFull = true;
+    if (this.mode === 'write') this.mode = 'out_of_data_space';
+    if (this.errorIfNoSpace() || this.opts.oneShot || this.closed) throw full();
+    if (!this.noSpaceTimer && this.config.noSpaceTimeout > 0) {
+      this.noSpaceTimer = setTimeout(() => {
+        this.noSpaceExpired = true;
+        this.failWaiters();
+      }, this.config.noSpaceTimeout * 1000);
+    }
+    await new Promise<void>((resolve) => {
+      const retry = setTimeout(resolve, 1000);
+      this.spaceWaiters.push(() => {
+        clearTimeout(retry);
+        resolve();
+      });
+    });
+    if (this.errorIfNoSpace() || this.closed) throw full();
+  }
+
+  private hostSpaceBack(): void {
+    this.hostFull = false;
+    if (this.mode === 'out_of_data_space' && this.md.dsm.nrFree > 0) this.leaveNoSpace();
   }
 
   /** Fills a new block: a copy of the shared one, or zeros, unless the write covers it all. */
@@ -774,8 +851,8 @@ export class Pool {
   }
 
   /** Intent, metadata change and commit, then the name: a crash leaves no dangling name. */
-  private async addNamed(d: NamedDevice, makeIt: () => Promise<void>): Promise<NamedDevice> {
-    this.registry.requireFreeName(d.name);
+  private async addNamed(d: NamedDevice, makeIt: () => Promise<void>, o: NameOptions = {}): Promise<NamedDevice> {
+    this.registry.requireFreeName(d.name, o);
     this.registry.begin({ op: 'add', device: d });
     try {
       await makeIt();
@@ -798,19 +875,19 @@ export class Pool {
     });
   }
 
-  async createDevice(name: string, size: number, devId?: DevId): Promise<NamedDevice> {
+  async createDevice(name: string, size: number, devId?: DevId, o: NameOptions = {}): Promise<NamedDevice> {
     return this.renaming(async () => {
-      this.registry.requireFreeName(name);
+      this.registry.requireFreeName(name, o);
       this.requireWritable();
       const id = devId ?? this.lowestFreeDevId();
-      return this.addNamed({ name, devId: id, size }, () => this.change(() => this.md.createThin(id)));
+      return this.addNamed({ name, devId: id, size }, () => this.change(() => this.md.createThin(id)), o);
     });
   }
 
-  async snapshot(originName: string, name: string, size?: number): Promise<NamedDevice> {
+  async snapshot(originName: string, name: string, size?: number, o: NameOptions = {}): Promise<NamedDevice> {
     return this.renaming(async () => {
       const origin = this.registry.get(originName);
-      this.registry.requireFreeName(name);
+      this.registry.requireFreeName(name, o);
       this.requireWritable();
       const id = this.lowestFreeDevId();
       return this.addNamed({ name, devId: id, size: size ?? origin.size }, () =>
@@ -821,7 +898,7 @@ export class Pool {
           });
           await this.commit();
         }),
-      );
+      o);
     });
   }
 

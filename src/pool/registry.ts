@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { ThinError } from '../base/errors.js';
-import type { DevId } from '../base/units.js';
+import { type DevId, MAX_DEV_ID, SECTOR } from '../base/units.js';
 import { type PoolFiles, realPoolFiles, writeFileAtomic } from '../io/pool-files.js';
 
 // Names and virtual sizes of thin devices. dm-thin keeps these outside its
@@ -37,6 +37,25 @@ export function checkName(name: string): void {
   }
 }
 
+/**
+ * Devices of the layer store are named `layer/<id>`: a namespace no name a
+ * user gives `create` or `snapshot` can reach (checkName refuses '/'). Only
+ * the layer store's own operations pass `namespaced`.
+ */
+export const LAYER_NAMESPACE = 'layer';
+
+export function checkNamespacedName(name: string): void {
+  const slash = name.indexOf('/');
+  if (name.slice(0, slash) !== LAYER_NAMESPACE || !NAME_RE.test(name.slice(slash + 1))) {
+    throw new ThinError('EINVAL_ARG', `invalid layer device name '${name}': expected ${LAYER_NAMESPACE}/ID with ID of letters, digits and _.+:@-`);
+  }
+}
+
+export interface NameOptions {
+  /** The name is in the layer namespace (`layer/<id>`), not a user's. */
+  namespaced?: boolean;
+}
+
 export class Registry {
   private devices = new Map<string, NamedDevice>();
   intent: Intent | null = null;
@@ -52,6 +71,7 @@ export class Registry {
     } catch (e) {
       throw new ThinError('EINVAL_ARG', `${r.file} is not valid JSON (${(e as Error).message}); restore it from a backup or remove it (names are lost, data is not)`);
     }
+    checkShape(r.file, raw);
     for (const d of raw.devices ?? []) r.devices.set(d.name, d);
     r.intent = raw.intent ?? null;
     return r;
@@ -76,8 +96,9 @@ export class Registry {
     return undefined;
   }
 
-  requireFreeName(name: string): void {
-    checkName(name);
+  requireFreeName(name: string, o: NameOptions = {}): void {
+    if (o.namespaced) checkNamespacedName(name);
+    else checkName(name);
     if (this.devices.has(name)) throw new ThinError('DEV_EXISTS', `a thin device named '${name}' already exists; pick another name`, { name });
   }
 
@@ -117,4 +138,32 @@ export class Registry {
     const body: RegistryFile = { devices: this.list(), intent: this.intent };
     writeFileAtomic(this.file, JSON.stringify(body, null, 2) + '\n', this.files);
   }
+}
+
+/** A registry that parsed as JSON but is not what save() writes is refused, naming the first problem. */
+function checkShape(file: string, raw: unknown): asserts raw is RegistryFile {
+  const bad = (why: string): never => {
+    throw new ThinError('EINVAL_ARG', `${file} is damaged (${why}); restore it from a backup or remove it (names are lost, data is not)`);
+  };
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) bad('not a JSON object');
+  const o = raw as { devices?: unknown; intent?: unknown };
+  if (o.devices !== undefined && !Array.isArray(o.devices)) bad('"devices" is not a list');
+  const names = new Set<string>();
+  for (const d of (o.devices ?? []) as unknown[]) {
+    checkDevice(d, bad);
+    if (names.has((d as NamedDevice).name)) bad(`the name '${(d as NamedDevice).name}' appears twice`);
+    names.add((d as NamedDevice).name);
+  }
+  if (o.intent === undefined || o.intent === null) return;
+  const i = o.intent as { op?: unknown; device?: unknown };
+  if (typeof i !== 'object' || (i.op !== 'add' && i.op !== 'remove')) bad('the intent is not an add or a remove');
+  checkDevice(i.device, bad);
+}
+
+function checkDevice(d: unknown, bad: (why: string) => never): void {
+  const x = d as Partial<NamedDevice> | null;
+  if (typeof x !== 'object' || x === null) bad('a device entry is not an object');
+  if (typeof x.name !== 'string' || x.name.length === 0 || x.name.length > 256) bad('a device has no valid name');
+  if (!Number.isSafeInteger(x.devId) || x.devId! < 0 || x.devId! > MAX_DEV_ID) bad(`device '${x.name}' has an invalid dev id`);
+  if (!Number.isSafeInteger(x.size) || x.size! < 0 || x.size! % SECTOR !== 0) bad(`device '${x.name}' has an invalid size`);
 }

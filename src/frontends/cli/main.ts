@@ -11,6 +11,10 @@ import { checkBlockSize, checkDataSize, checkDeviceSize, checkMetadataSize } fro
 import { dumpCommand, restoreCommand, checkCommand } from './metadata-commands.js';
 import { makeOut, type Out, reportError, table } from './output.js';
 import { serveCommands, withFrozen } from './serve-commands.js';
+import { layerStoreCommands } from './layer-commands.js';
+import { dockerInfo, dockerInfoLines } from '../layers/info.js';
+import { hostSpaceWarning } from '../layers/guards.js';
+import { faultCommands } from './fault-commands.js';
 
 // The `thinfuse` command. Each action parses its arguments, opens the pool
 // (taking its lock), does one thing through the pool API, and prints the
@@ -78,6 +82,7 @@ function poolCommands(program: Command): void {
       config.features.ignoreDiscard = Boolean(o.ignoreDiscard);
       const { Pool } = await import('../../pool/pool.js');
       const p = await Pool.create(dir, { dataSize, metadataSize, blockSize, config });
+      hostSpaceWarning(dir, dataSize, metadataSize);
       await p.close();
       out.result({ pool: dir, dataSize, metadataSize, blockSize, nrDataBlocks: dataSize / blockSize, config },
         [`created pool ${dir}: ${formatBytes(dataSize)} data in ${dataSize / blockSize} blocks of ${formatBytes(blockSize)}, ${formatBytes(metadataSize)} metadata`]);
@@ -179,7 +184,9 @@ function deviceCommands(program: Command): void {
     .description('pool facts: sizes, features, mode, low-water events, caches')
     .action(run(async (out, dir: string) => {
       const s = await callOp(dir, 'info', {});
-      out.result(s, [
+      const docker = dockerInfo(dir, s);
+      out.result({ ...docker, ...s }, [
+        ...dockerInfoLines(docker),
         `pool ${s.name}: ${s.nrDataBlocks} blocks of ${formatBytes(s.blockSize)}, ${s.data.used} used; metadata ${s.metadata.used}/${s.metadata.total} blocks`,
         `mode ${s.mode}, ${s.discard}, ${s.noSpace}${s.needsCheck ? ', needs_check' : ''}; transaction ${s.transactionId}, time ${s.time}`,
         `low water mark ${s.lowWaterMark} blocks, events ${s.lowWaterEvents}; metadata snapshot ${s.heldRoot ?? '-'}`,
@@ -294,6 +301,8 @@ export function buildProgram(): Command {
   restoreCommand(program, run);
   checkCommand(program, run);
   serveCommands(program, run);
+  layerStoreCommands(program, run);
+  faultCommands(program, run);
   for (const c of program.commands) {
     c.addOption(new Option('--json', 'print the result as JSON'));
     for (const s of c.commands) s.addOption(new Option('--json', 'print the result as JSON'));

@@ -1,3 +1,4 @@
+import cliProgress from 'cli-progress';
 import { isThinError, type ErrorCode } from '../../base/errors.js';
 
 // The CLI's edge: results as text or a --json envelope, errors as one line
@@ -5,14 +6,36 @@ import { isThinError, type ErrorCode } from '../../base/errors.js';
 
 export interface Out {
   json: boolean;
+  /** A progress bar on stderr for a long command; silent under --json or when stderr is not a terminal. */
+  progress(total: number, unit: string): Progress;
   /** Text lines (ignored under --json). */
   lines(lines: string[]): void;
   result(value: unknown, text?: string[]): void;
 }
 
+export interface Progress {
+  update(done: number): void;
+  stop(): void;
+}
+
+function progressBar(total: number, unit: string): Progress {
+  const bar = new cliProgress.SingleBar({
+    stream: process.stderr,
+    format: `{bar} {value}/{total} ${unit}`,
+    hideCursor: true,
+    clearOnComplete: true,
+  }, cliProgress.Presets.shades_classic);
+  bar.start(total, 0);
+  return { update: (done) => bar.update(done), stop: () => bar.stop() };
+}
+
 export function makeOut(json: boolean): Out {
   return {
     json,
+    progress(total, unit) {
+      if (json || !process.stderr.isTTY) return { update() {}, stop() {} };
+      return progressBar(total, unit);
+    },
     lines(lines) {
       if (!json && lines.length > 0) process.stdout.write(lines.join('\n') + '\n');
     },

@@ -6,7 +6,7 @@ import type { Command } from 'commander';
 import { ThinError } from '../../base/errors.js';
 import { parseSize } from '../../base/size.js';
 import { META_BLOCK_SIZE } from '../../base/units.js';
-import { Server } from '../daemon/serve.js';
+import type { Server } from '../daemon/serve.js';
 import { attachLoop, detachLoop, fsfreeze, loopBackingFile, loopsOf } from '../system/loop.js';
 import type { Out } from './output.js';
 import { callOp } from './session.js';
@@ -45,9 +45,11 @@ async function serveForeground(out: Out, dir: string, mountpoint: string, o: Ser
   const dataCacheBytes = o.cacheSize === '0' ? 0 : parseSize(o.cacheSize, '--cache-size');
   const fastPath = o.fastPath === 'on' ? true : o.fastPath === 'off' ? false : bad(`--fast-path takes on or off, not '${o.fastPath}'`);
   const log = (line: string) => process.stderr.write(`thinfuse serve: ${line}\n`);
+  // Imported here, not at the top: every other command would pay for loading FUSE and the engine.
+  const { Server: ServerClass } = await import('../daemon/serve.js');
   let server: Server;
   try {
-    server = await Server.start(dir, mountpoint, { cacheBlocks, dataCacheBytes, fastPath, log });
+    server = await ServerClass.start(dir, mountpoint, { cacheBlocks, dataCacheBytes, fastPath, log });
   } catch (e) {
     notifyParent(`ERROR ${(e as Error).message}`);
     throw e;
@@ -122,7 +124,8 @@ export function serveCommands(program: Command, run: Run): void {
       if (devs.length === 0) throw new ThinError('DEV_MISSING', `${target} is not attached`);
       const files = [...new Set(devs.map((d) => loopBackingFile(d) ?? ''))];
       for (const d of devs) detachLoop(d);
-      await closedInDaemon(dir, files.filter((f) => loopsOf(f).length === 0).map((f) => path.basename(f)));
+      const mountpoint = (await callOp(dir, 'info', {})).mountpoint ?? '';
+      await closedInDaemon(dir, files.filter((f) => loopsOf(f).length === 0).map((f) => path.relative(mountpoint, f)));
       out.result({ detached: devs }, devs.map((d) => `detached ${d}`));
     }));
 }
@@ -132,7 +135,7 @@ export function serveCommands(program: Command, run: Run): void {
  * `losetup -d` returns: wait until the daemon sees the files closed, so that
  * a stop right after detach is not refused.
  */
-async function closedInDaemon(dir: string, names: string[]): Promise<void> {
+export async function closedInDaemon(dir: string, names: string[]): Promise<void> {
   const deadline = Date.now() + 10_000;
   while (Date.now() < deadline) {
     const info = await callOp(dir, 'info', {});
@@ -155,7 +158,7 @@ async function servedFile(dir: string, name: string): Promise<string> {
 async function ownLoop(dir: string, dev: string): Promise<string> {
   const info = await callOp(dir, 'info', {});
   const backing = loopBackingFile(dev);
-  if (!backing || !info.mountpoint || path.dirname(backing) !== info.mountpoint) {
+  if (!backing || !info.mountpoint || !backing.startsWith(`${info.mountpoint}/`)) {
     throw new ThinError('EINVAL_ARG', `${dev} is not attached to a device of pool ${dir}`);
   }
   return dev;

@@ -36,10 +36,12 @@ async function daemonSession(dir: string): Promise<Session | undefined> {
 export async function openSession(dir: string): Promise<Session> {
   const remote = await daemonSession(dir);
   if (remote) return remote;
-  const [engine, { runOp }] = await Promise.all([import('../../pool/pool.js'), import('../ops.js')]);
+  const [engine, { runOp }, { PoolFaults }] = await Promise.all([import('../../pool/pool.js'), import('../ops.js'), import('../../pool/faults.js')]);
   let pool: Pool;
+  // Faults persist in POOL/faults.json until cleared: a command run in-process meets them too.
+  const faults = PoolFaults.load(dir);
   try {
-    pool = await engine.Pool.open(dir, { oneShot: true });
+    pool = await engine.Pool.open(dir, { oneShot: true, wrap: faults.wrap });
   } catch (e) {
     if (!isThinError(e, 'POOL_LOCKED')) throw e;
     // A daemon that started a moment ago holds the lock before its socket is up.
@@ -49,7 +51,7 @@ export async function openSession(dir: string): Promise<Session> {
   }
   return {
     remote: false,
-    call: (op, args) => runOp({ pool }, op, args) as never,
+    call: (op, args) => runOp({ pool, faults }, op, args) as never,
     close: () => pool.close(),
   };
 }

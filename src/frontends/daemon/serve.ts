@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { isThinError, ThinError } from '../../base/errors.js';
+import { PoolFaults } from '../../pool/faults.js';
 import { Pool } from '../../pool/pool.js';
 import { DeviceFs } from '../fuse/device-fs.js';
 import { type FuseInstance, loadFuse } from '../fuse/fuse-native.js';
@@ -88,6 +89,7 @@ export class Server {
 
   private constructor(
     readonly pool: Pool,
+    readonly faults: PoolFaults,
     readonly mountpoint: string,
     private readonly devices: DeviceFs,
     private readonly fuse: FuseInstance,
@@ -101,7 +103,9 @@ export class Server {
       throw new ThinError('POOL_MISSING', `no pool in ${poolDir} (no metadata file); create one with thinfuse pool create`);
     }
     // The pool lock first: a second serve of this pool is told who holds it.
-    const pool = await Pool.open(poolDir, { cacheBlocks: o.cacheBlocks, dataCacheBytes: o.dataCacheBytes });
+    // Faults set with thinfuse fault persist until cleared (POOL/faults.json); they sit under the data cache.
+    const faults = PoolFaults.load(poolDir);
+    const pool = await Pool.open(poolDir, { cacheBlocks: o.cacheBlocks, dataCacheBytes: o.dataCacheBytes, wrap: faults.wrap });
     let devices: DeviceFs | undefined;
     try {
       prepareMountpoint(mountpoint, o.log);
@@ -111,7 +115,7 @@ export class Server {
       devices = new DeviceFs(pool, { error: (op, name, e) => o.log(`${op} ${name}: ${(e as Error).message}`) }, { fastPath: o.fastPath === false ? undefined : Fuse.fastPath });
       const fuse = new Fuse(mountpoint, devices.ops(), { fsname: mountOptions(pool.name), force: false, mkdir: false, timeout: false });
       await callback((cb) => fuse.mount(cb));
-      const server = new Server(pool, mountpoint, devices, fuse, undefined, o.log);
+      const server = new Server(pool, faults, mountpoint, devices, fuse, undefined, o.log);
       await server.listen();
       server.timer = setInterval(() => void server.tick(), 1000);
       return server;
@@ -123,7 +127,7 @@ export class Server {
   }
 
   private async listen(): Promise<void> {
-    this.control = await ControlServer.listen(this.pool.dir, (op, args) => runOp({ pool: this.pool, serve: this.hooks() }, op, args));
+    this.control = await ControlServer.listen(this.pool.dir, (op, args) => runOp({ pool: this.pool, serve: this.hooks(), faults: this.faults }, op, args));
   }
 
   private hooks(): ServeHooks {

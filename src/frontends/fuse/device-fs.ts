@@ -75,6 +75,19 @@ export class DeviceFs {
     if (this.inFlight > 0) await new Promise<void>((r) => this.idle.push(r));
   }
 
+  /**
+   * A directory's entries, or undefined if path is no directory. Namespaced
+   * names (`layer/<id>`, the layer store's) appear as files in a directory
+   * named after their namespace, which exists while it holds a device.
+   */
+  private entries(path: string): string[] | undefined {
+    const names = this.pool.registry.list().filter((d) => this.pool.md.hasDevice(d.devId)).map((d) => d.name);
+    if (path === '/') return [...new Set(names.map((n) => n.split('/')[0]!))];
+    const prefix = `${path.slice(1)}/`;
+    const inside = names.filter((n) => n.startsWith(prefix)).map((n) => n.slice(prefix.length));
+    return inside.length > 0 ? inside : undefined;
+  }
+
   private device(path: string): NamedDevice | undefined {
     const name = path.slice(1);
     const d = this.pool.registry.find(name);
@@ -104,12 +117,11 @@ export class DeviceFs {
     const dirStat = { mtime: this.started, atime: this.started, ctime: this.started, nlink: 2, size: 4096, mode: 0o40755, uid: 0, gid: 0 };
     return {
       readdir: (path: string, cb: Cb) => {
-        if (path !== '/') return cb(-E.ENOTDIR);
-        const names = this.pool.registry.list().filter((d) => this.pool.md.hasDevice(d.devId)).map((d) => d.name);
-        return cb(0, names);
+        const names = this.entries(path);
+        return names ? cb(0, names) : cb(this.device(path) ? -E.ENOTDIR : -E.ENOENT);
       },
       getattr: (path: string, cb: Cb) => {
-        if (path === '/') return cb(0, dirStat);
+        if (path === '/' || this.entries(path)) return cb(0, dirStat);
         const d = this.device(path);
         return d ? cb(0, this.stat(d)) : cb(-E.ENOENT);
       },

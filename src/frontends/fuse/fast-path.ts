@@ -1,5 +1,6 @@
 import type { DataBlock, DevId, VirtBlock } from '../../base/units.js';
 import { CachedBacking } from '../../io/cached-backing.js';
+import { FaultBacking } from '../../io/fault-backing.js';
 import { FileBacking } from '../../io/file-backing.js';
 import type { MappingHooks, Pool } from '../../pool/pool.js';
 import type { NamedDevice } from '../../pool/registry.js';
@@ -27,9 +28,11 @@ import type { FastPathBinding } from './fuse-native.js';
 // blocks it also copies the next PREFETCH mappings in (same synchronous step
 // as the pool's own lookup, so just as exact).
 //
-// Only a plain data file (FileBacking, optionally under the data cache)
-// qualifies: fault injection, delays and recording wrap the data file, and
-// all their I/O must go through JS.
+// Only a plain data file (FileBacking, optionally under the data cache and
+// an injector with no faults) qualifies: delays and recording wrap the data
+// file, and all their I/O must go through JS. While `thinfuse fault` has a
+// fault set on the data file, the fast path is suspended (every entry
+// revoked, nothing inserted), so each request meets the injector.
 
 export interface FastPathStats {
   reads: number;
@@ -54,6 +57,7 @@ export class FastPath implements MappingHooks {
   /** Devices with a native record (name and size), by dev id. */
   private readonly records = new Map<DevId, DeviceRecord>();
   private prefetching = false;
+  private suspended = false;
   private writable: Uint8Array;
   private closed = false;
 
@@ -71,10 +75,16 @@ export class FastPath implements MappingHooks {
   /** A fast path for the pool, or undefined when its data file is not a plain file. */
   static attach(pool: Pool, native: FastPathBinding): FastPath | undefined {
     const cache = pool.data instanceof CachedBacking ? pool.data : undefined;
-    const file = cache ? cache.inner : pool.data;
+    const outer = cache ? cache.inner : pool.data;
+    const faults = outer instanceof FaultBacking ? outer : undefined;
+    const file = faults ? faults.file : outer;
     if (!(file instanceof FileBacking)) return undefined;
     const fp = new FastPath(pool, native, cache, file.descriptor);
     pool.setMappingHooks(fp);
+    if (faults) {
+      fp.suspend(faults.list().length > 0);
+      faults.onChange = (list) => fp.suspend(list.length > 0);
+    }
     return fp;
   }
 
@@ -114,9 +124,15 @@ export class FastPath implements MappingHooks {
     r.ahead = end;
   }
 
+  /** While suspended (faults on the data file), the table stays empty. */
+  suspend(on: boolean): void {
+    if (on && !this.suspended) this.revoke(undefined, 'all');
+    this.suspended = on;
+  }
+
   private insert(dev: DevId, vb: VirtBlock, block: DataBlock, exclusive: boolean): void {
     const mode = this.pool.mode;
-    if (mode === 'fail') return;
+    if (mode === 'fail' || this.suspended) return;
     const writable = exclusive && (mode === 'write' || mode === 'out_of_data_space');
     if (writable && !this.isWritable(block)) {
       this.setWritable(block, true);
