@@ -8,7 +8,8 @@
 //  2. a patched fuse-native in native-deps/build/fuse-native/: index.js,
 //     fuse-native.c, semaphore.h and package.json copied from
 //     node_modules/fuse-native, native-deps/fuse-native.patch applied (a
-//     fallocate op, non-lazy unmount), and fuse-native.c compiled to
+//     fallocate op, non-lazy unmount, the mapped-I/O fast path of
+//     native-deps/fastpath.h), and fuse-native.c compiled to
 //     build/Release/fuse.node, where the copied index.js's node-gyp-build looks
 //     first. The copy's require()s (nanoresource, fuse-shared-library,
 //     node-gyp-build) resolve by walking up to the project's node_modules.
@@ -138,7 +139,7 @@ function buildFuseNative() {
   // Up to date when the stamp matches everything the build reads. (Not mtimes:
   // npm gives every file it unpacks the same old mtime.)
   const hash = createHash('sha256');
-  for (const input of [...files.map((f) => path.join(upstream, f)), patchFile]) {
+  for (const input of [...files.map((f) => path.join(upstream, f)), patchFile, path.join(here, 'fastpath.h')]) {
     try {
       hash.update(fs.readFileSync(input));
     } catch (e) {
@@ -194,6 +195,8 @@ function buildFuseNative() {
     `-I${nodeInclude}`,
     `-I${napiMacros}`,
     `-I${libfuse.include}`,
+    // fastpath.h, which the patched fuse-native.c includes.
+    `-I${here}`,
     ...cflags,
     '-o',
     path.join(release, 'fuse.node'),
@@ -217,6 +220,7 @@ function buildFuseNative() {
     const Fuse = load(tmp);
     if (typeof Fuse !== 'function' || typeof Fuse.unmount !== 'function') throw new Error('index.js exports no Fuse class');
     if (/fusermount -uz/.test(Fuse.unmount.toString())) throw new Error('unmount is still lazy');
+    if (typeof Fuse.fastPath?.revoke !== 'function') throw new Error('the fast path is missing');
   } catch (e) {
     cleanup();
     die(`built fuse-native but it does not load: ${e instanceof Error ? e.message : String(e)}`);

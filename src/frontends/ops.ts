@@ -19,6 +19,8 @@ export interface ServeHooks {
   changed(name: string): Promise<void>;
   /** A device's size changed: loop devices re-read it (losetup -c). */
   resized(name: string): Promise<void>;
+  /** The FUSE fast path's counters (null when it is off). */
+  fastPathStats?(): unknown;
 }
 
 export interface OpContext {
@@ -114,7 +116,7 @@ export const OPS = {
 
   async status(c: OpContext) {
     await c.pool.commit();
-    return poolStatus(c.pool);
+    return c.serve?.fastPathStats ? { ...poolStatus(c.pool), fastPath: c.serve.fastPathStats() } : poolStatus(c.pool);
   },
 
   async info(c: OpContext) {

@@ -28,8 +28,14 @@ export class CachedBacking implements BackingFile {
   private readonly loading = new Map<number, { stale: boolean }[]>();
   private readonly spare: Buffer[] = [];
   readonly stats = { hits: 0, misses: 0, evictions: 0 };
+  /**
+   * Whether a unit at this file offset may be kept. A writer that bypasses
+   * this wrapper (the FUSE fast path) refuses its blocks here and calls
+   * invalidate() when it starts and stops writing them.
+   */
+  admit: (offset: number) => boolean = () => true;
 
-  constructor(private readonly inner: BackingFile, readonly maxBytes: number) {
+  constructor(readonly inner: BackingFile, readonly maxBytes: number) {
     this.lru = new LRUCache<number, Buffer>({
       max: Math.max(1, Math.floor(maxBytes / CACHE_UNIT)),
       dispose: (v, _k, reason) => {
@@ -111,7 +117,7 @@ export class CachedBacking implements BackingFile {
     for (let u = first; u < end; u++) {
       const part = run.subarray((u - first) * CACHE_UNIT, (u - first + 1) * CACHE_UNIT);
       if (!direct) this.copyOut(part, u, buf, offset);
-      if (!keep || states[u - first]!.stale) continue;
+      if (!keep || states[u - first]!.stale || !this.admit(u * CACHE_UNIT)) continue;
       const unit = this.spare.pop() ?? Buffer.allocUnsafeSlow(CACHE_UNIT);
       part.copy(unit);
       this.lru.set(u, unit);
@@ -128,7 +134,10 @@ export class CachedBacking implements BackingFile {
     }
   }
 
-  /** Forgets the cached units a range touches (a fault was set or cleared there). */
+  /**
+   * Forgets the cached units a range touches, including loads of it in
+   * flight: a fault was set or cleared there, or the fast path wrote it.
+   */
   invalidate(offset: number, length: number): void {
     const first = Math.floor(offset / CACHE_UNIT);
     const end = Math.ceil((offset + length) / CACHE_UNIT);

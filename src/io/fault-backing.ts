@@ -118,14 +118,25 @@ function sleepSync(ms: number): void {
 
 export class FaultBacking extends ForwardingBacking {
   private faults: readonly Fault[] = [];
+  /**
+   * Told whenever the list changes: I/O that bypasses this object (the FUSE
+   * fast path writes the file itself) must stop while a fault is set.
+   */
+  onChange: ((faults: readonly Fault[]) => void) | undefined;
 
   constructor(inner: BackingFile, private readonly now: () => number = Date.now) {
     super(inner);
   }
 
+  /** The file the faults are injected in front of. */
+  get file(): BackingFile {
+    return this.inner;
+  }
+
   /** Replaces the list (the caller keeps only this file's faults in it). */
   setFaults(faults: readonly Fault[]): void {
     this.faults = [...faults];
+    this.onChange?.(this.faults);
   }
 
   list(): readonly Fault[] {

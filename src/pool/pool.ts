@@ -25,6 +25,25 @@ import { ZeroBlocks } from './zero-blocks.js';
 
 export type PoolMode = 'write' | 'out_of_data_space' | 'read_only' | 'fail';
 
+/**
+ * What a front end that keeps its own copy of mappings (the FUSE fast path)
+ * is told. Each call comes in the same synchronous step as the metadata
+ * access or change it reports, so a copy updated here is never behind.
+ */
+export interface MappingHooks {
+  /** A lookup found, or an insert made, dev:vb -> block; exclusive: not shared with another device. */
+  mapped(dev: DevId, vb: VirtBlock, block: DataBlock, exclusive: boolean): void;
+  /**
+   * Called just before mappings (or their sharing) change: drop the copies of
+   * dev's blocks [from, end) / all of them / only their right to be written
+   * in place (dev undefined: every device). Must not return while I/O that
+   * used those copies is still running.
+   */
+  revoke(dev: DevId | undefined, what: { from: number; end: number } | 'all' | 'writes'): void;
+  /** The pool is closing its files: forget them. */
+  closing(): void;
+}
+
 export interface PoolOpenOptions {
   /** Metadata block cache, in 4 KiB blocks. */
   cacheBlocks?: number;
@@ -81,7 +100,8 @@ export interface DeviceUsage {
 export class Pool {
   readonly name: string;
   readonly blockBytes: number;
-  mode: PoolMode = 'write';
+  private currentMode: PoolMode = 'write';
+  private hooks: MappingHooks | undefined;
   lowWaterEvents = 0;
   private lowWaterArmed = true;
   private commitRunning: Promise<void> | undefined;
@@ -126,6 +146,21 @@ export class Pool {
     this.blockBytes = md.dataBlockSize * SECTOR;
     this.zeros = new ZeroBlocks(fresh ? 0 : Math.ceil(data.size() / this.blockBytes));
     if (md.needsCheck || config.features.readOnly) this.mode = 'read_only';
+  }
+
+  get mode(): PoolMode {
+    return this.currentMode;
+  }
+
+  /** read_only takes away writes in place, fail all I/O: copies of mappings are told first. */
+  set mode(m: PoolMode) {
+    if (m === 'read_only' || m === 'fail') this.hooks?.revoke(undefined, m === 'fail' ? 'all' : 'writes');
+    this.currentMode = m;
+  }
+
+  /** Installs the hooks of a front end that copies mappings (one at a time). */
+  setMappingHooks(hooks: MappingHooks | undefined): void {
+    this.hooks = hooks;
   }
 
   //----------------------------------------------------------------------------
@@ -204,6 +239,7 @@ export class Pool {
       if (this.mode !== 'fail' && this.mode !== 'read_only') await this.commit();
     } finally {
       this.closed = true;
+      this.hooks?.closing();
       clearTimeout(this.noSpaceTimer);
       this.failWaiters();
       await this.md.file.close();
@@ -238,6 +274,7 @@ export class Pool {
     this.flushError ??= new ThinError('IO_ERROR', `pool ${this.name} aborted its transaction (${(e as Error)?.message}); writes since the last commit may be lost, so flushes fail: close the pool, run thinfuse check`);
     if (this.mode !== 'fail') {
       try {
+        this.hooks?.revoke(undefined, 'all');
         this.md.abort();
         await this.md.writeNeedsCheck();
         this.mode = 'read_only';
@@ -481,6 +518,7 @@ export class Pool {
       dst.fill(0);
       return;
     }
+    this.hooks?.mapped(dev, vb, m.block, !this.md.isShared(dev, m));
     this.reading.inc(m.block);
     try {
       await this.data.read(dst, m.block * this.blockBytes + within);
@@ -505,7 +543,7 @@ export class Pool {
     const release = await this.cells.acquire(`${dev}:${vb}`);
     try {
       if (this.mode === 'fail') throw new ThinError('POOL_FAILED', 'the pool has failed; writes are refused');
-      const m = await this.guard(() => this.md.lookup(dev, vb));
+      const m = await this.guard(() => this.lookupSeen(dev, vb));
       if (m && !this.md.isShared(dev, m)) {
         await this.writeData(src, m.block * this.blockBytes + within);
         return;
@@ -519,10 +557,20 @@ export class Pool {
         await this.change(() => this.md.releaseData(nb));
         throw e;
       }
-      await this.change(() => this.md.insertMapping(dev, vb, nb));
+      await this.change(() => {
+        this.md.insertMapping(dev, vb, nb);
+        this.hooks?.mapped(dev, vb, nb, true);
+      });
     } finally {
       release();
     }
+  }
+
+  /** A lookup whose result the hooks see in the same step. */
+  private lookupSeen(dev: DevId, vb: VirtBlock): Mapping | undefined {
+    const m = this.md.lookup(dev, vb);
+    if (m && this.hooks) this.hooks.mapped(dev, vb, m.block, !this.md.isShared(dev, m));
+    return m;
   }
 
   private async writeData(src: Buffer, at: number): Promise<void> {
@@ -637,6 +685,7 @@ export class Pool {
     try {
       for (const vb of vbs) releases.push(await this.cells.acquire(`${dev}:${vb}`));
       return await this.change(() => {
+        this.hooks?.revoke(dev, { from: vbs[0]!, end: vbs[vbs.length - 1]! + 1 });
         let n = 0;
         for (const vb of vbs) if (this.md.removeMapping(dev, vb) !== undefined) n++;
         return n;
@@ -730,7 +779,10 @@ export class Pool {
         break;
       case 'create_snap':
         await this.quiesced(msg.origin, async () => {
-          await this.change(() => this.md.createSnap(msg.dev, msg.origin));
+          await this.change(() => {
+            this.hooks?.revoke(msg.origin, 'writes');
+            this.md.createSnap(msg.dev, msg.origin);
+          });
           await this.commit();
         });
         break;
@@ -762,7 +814,10 @@ export class Pool {
     const named = this.registry.byId(dev);
     if (named) this.registry.begin({ op: 'remove', device: named });
     try {
-      await this.change(() => this.md.deleteDevice(dev));
+      await this.change(() => {
+        this.hooks?.revoke(dev, 'all');
+        this.md.deleteDevice(dev);
+      });
       await this.canaryPunch();
       await this.commit();
     } catch (e) {
@@ -837,7 +892,10 @@ export class Pool {
       const id = this.lowestFreeDevId();
       return this.addNamed({ name, devId: id, size: size ?? origin.size }, () =>
         this.quiesced(origin.devId, async () => {
-          await this.change(() => this.md.createSnap(id, origin.devId));
+          await this.change(() => {
+            this.hooks?.revoke(origin.devId, 'writes');
+            this.md.createSnap(id, origin.devId);
+          });
           await this.commit();
         }),
       o);
@@ -854,7 +912,8 @@ export class Pool {
   /** Drops the name and size only (dmsetup remove); the data stays. */
   async deactivate(name: string): Promise<void> {
     await this.renaming(async () => {
-      this.registry.get(name);
+      const d = this.registry.get(name);
+      this.hooks?.revoke(d.devId, 'all');
       this.registry.delete(name);
     });
   }
@@ -862,6 +921,7 @@ export class Pool {
   async resizeDevice(name: string, size: number): Promise<NamedDevice> {
     return this.renaming(async () => {
       const d = { ...this.registry.get(name), size };
+      this.hooks?.revoke(d.devId, 'all');
       this.registry.set(d);
       return d;
     });

@@ -19,6 +19,8 @@ export interface ServeOptions {
   cacheBlocks: number;
   /** Data block (read) cache, in bytes. */
   dataCacheBytes: number;
+  /** The native fast path for mapped reads and writes (default on; off with --fast-path off). */
+  fastPath?: boolean;
   log: (line: string) => void;
 }
 
@@ -104,12 +106,13 @@ export class Server {
     // Faults set with thinfuse fault persist until cleared (POOL/faults.json); they sit under the data cache.
     const faults = PoolFaults.load(poolDir);
     const pool = await Pool.open(poolDir, { cacheBlocks: o.cacheBlocks, dataCacheBytes: o.dataCacheBytes, wrap: faults.wrap });
+    let devices: DeviceFs | undefined;
     try {
       prepareMountpoint(mountpoint, o.log);
       refuseSelfBacked(poolDir, mountpoint);
       lowerOomScore(o.log);
-      const devices = new DeviceFs(pool, { error: (op, name, e) => o.log(`${op} ${name}: ${(e as Error).message}`) });
       const Fuse = loadFuse();
+      devices = new DeviceFs(pool, { error: (op, name, e) => o.log(`${op} ${name}: ${(e as Error).message}`) }, { fastPath: o.fastPath === false ? undefined : Fuse.fastPath });
       const fuse = new Fuse(mountpoint, devices.ops(), { fsname: mountOptions(pool.name), force: false, mkdir: false, timeout: false });
       await callback((cb) => fuse.mount(cb));
       const server = new Server(pool, faults, mountpoint, devices, fuse, undefined, o.log);
@@ -117,6 +120,7 @@ export class Server {
       server.timer = setInterval(() => void server.tick(), 1000);
       return server;
     } catch (e) {
+      await devices?.close();
       await pool.close();
       throw e;
     }
@@ -131,6 +135,7 @@ export class Server {
     return {
       mountpoint: this.mountpoint,
       openDevices: () => this.devices.openDevices(),
+      fastPathStats: () => this.devices.fastPathStats(),
       changed: async (name) => {
         for (const dev of loopsOf(file(name))) flushBuffers(dev);
       },
@@ -173,6 +178,7 @@ export class Server {
       this.timer = setInterval(() => void this.tick(), 1000);
       return false;
     }
+    await this.devices.close();
     await this.pool.close();
     this.done();
     return true;

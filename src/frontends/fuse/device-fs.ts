@@ -2,11 +2,14 @@ import os from 'node:os';
 import { type ErrorCode, isThinError } from '../../base/errors.js';
 import type { Pool } from '../../pool/pool.js';
 import type { NamedDevice } from '../../pool/registry.js';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, type FuseOps } from './fuse-native.js';
+import { FastPath, type FastPathStats } from './fast-path.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, type FastPathBinding, type FuseOps } from './fuse-native.js';
 
 // The FUSE view of a pool: one regular file per named thin device, sized as
 // the device, whose bytes are the device's. Errors become errno here and
-// nowhere else.
+// nowhere else. With the fast path (fast-path.ts), reads and writes of
+// blocks the native table knows never reach these ops; the file handle
+// that open answers (dev id + 1) is what the native side keys devices by.
 
 const E = os.constants.errno;
 
@@ -40,8 +43,27 @@ export class DeviceFs {
   private readonly started = new Date();
   private inFlight = 0;
   private idle: Array<() => void> = [];
+  private readonly fast: FastPath | undefined;
 
-  constructor(private readonly pool: Pool, private readonly events: DeviceFsEvents = {}) {}
+  /** opts.fastPath: the patched fuse-native's table; used when the pool's data file is a plain file. */
+  constructor(private readonly pool: Pool, private readonly events: DeviceFsEvents = {}, opts: { fastPath?: FastPathBinding } = {}) {
+    this.fast = opts.fastPath ? FastPath.attach(pool, opts.fastPath) : undefined;
+  }
+
+  /** Fast-path counters, or null when it is off. */
+  fastPathStats(): FastPathStats | null {
+    return this.fast?.stats() ?? null;
+  }
+
+  /**
+   * Turns the fast path off, waiting for its I/O, and makes its writes durable
+   * (the pool's close commits, but knows nothing of them); call before the pool closes.
+   */
+  async close(): Promise<void> {
+    if (!this.fast) return;
+    this.fast.close();
+    if (this.fast.takeDirty()) await this.pool.data.flush();
+  }
 
   /** Names of device files open now (a loop device holds its file open). */
   openDevices(): string[] {
@@ -111,7 +133,7 @@ export class DeviceFs {
         const d = this.device(path);
         if (!d) return cb(-E.ENOENT);
         this.opened.set(d.name, (this.opened.get(d.name) ?? 0) + 1);
-        return cb(0, d.devId);
+        return cb(0, d.devId + 1);
       },
       release: (path: string, _fd: number, cb: Cb) => {
         const name = path.slice(1);
@@ -125,6 +147,7 @@ export class DeviceFs {
         if (!d) return cb(-E.ENOENT);
         if (pos >= d.size) return cb(0);
         const n = Math.min(len, d.size - pos);
+        this.fast?.ensure(d);
         this.track('read', d.name, cb, async () => {
           await this.pool.read(d.devId, buf.subarray(0, n), pos, d.size, d.name);
           return n;
@@ -135,6 +158,7 @@ export class DeviceFs {
         if (!d) return cb(-E.ENOENT);
         if (pos >= d.size) return cb(-E.ENOSPC);
         const n = Math.min(len, d.size - pos);
+        this.fast?.ensure(d);
         this.track('write', d.name, cb, async () => {
           await this.pool.write(d.devId, buf.subarray(0, n), pos, d.size, d.name);
           return n;
@@ -143,7 +167,10 @@ export class DeviceFs {
       flush: (_path: string, _fd: number, cb: Cb) => cb(0),
       fsync: (path: string, _datasync: number, _fd: number, cb: Cb) => {
         this.track('fsync', path.slice(1), cb, async () => {
+          // Taken first: fast-path writes that completed before this fsync set it.
+          const fastWrites = this.fast?.takeDirty() ?? false;
           await this.pool.flush();
+          if (fastWrites) await this.pool.data.flush();
           return 0;
         });
       },

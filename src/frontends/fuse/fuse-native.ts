@@ -153,8 +153,31 @@ export interface FuseInstance {
   errno(code: string): number;
 }
 
+/**
+ * The native fast path's table (patched in; design in native-deps/fastpath.h).
+ * Call only from the main thread. Handles: the JS open must answer dev + 1.
+ */
+export interface FastPathBinding {
+  /** The data file's fd and block size; fd -1 turns the fast path off (waits for its I/O, empties the table). */
+  configure(fd: number, blockBytes: number): void;
+  /** (Re)sets a device's record; false if its record slot holds another device (then it stays on the JS path). */
+  enable(dev: number, name: string, size: number): boolean;
+  /** The pool saw dev:vblock -> dblock; writable: exclusive and the pool writes. */
+  insert(dev: number, vblock: number, dblock: number, writable: boolean): void;
+  /**
+   * Drops entries of dev (-1: all devices) with from <= vblock < end (both -1:
+   * all), or only their writable bit; waits for fast-path I/O in flight.
+   * Answers the data blocks whose writable bit it cleared.
+   */
+  revoke(dev: number, from: number, end: number, writesOnly: boolean): number[];
+  takeDirty(): boolean;
+  /** [reads, writes, fallbacks, readBytes, writeBytes] since load. */
+  stats(): number[];
+}
+
 export interface FuseConstructor {
   new (mnt: string, ops: FuseOps, opts?: FuseOptions): FuseInstance;
+  readonly fastPath: FastPathBinding;
   /** `fusermount -u MNT` (non-lazy) for any FUSE mount. */
   unmount(mnt: string, cb: (err: Error | null) => void): void;
   // Negative errno values (Linux), as fuse-native defines them.

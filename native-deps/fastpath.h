@@ -1,0 +1,382 @@
+// fastpath.h: thinfuse's native fast path for mapped I/O, #included by the
+// patched fuse-native.c (native-deps/fuse-native.patch; build.mjs adds
+// native-deps/ to the include path).
+//
+// Why: fuse-native hands every request to the one JS thread (uv_async plus a
+// semaphore), which caps a JS FUSE daemon at 12-21k requests/s. Most requests
+// of a thin device only need "virtual block -> data block" and a pread or
+// pwrite on POOL/data. So the read and write handlers first look here; when
+// every block a request touches is in the table (and writable, for a write)
+// the FUSE thread does the I/O itself and replies, never waking JS. Anything
+// else (a miss, an I/O error, a partial block past the end) falls through to
+// the JS op, which then teaches the table what it learnt.
+//
+// The table (all of it filled and emptied by the JS thread only):
+//  - entries: FP_TABLE_SIZE slots, direct-mapped by (device, virtual block);
+//    slot = (vblock + dev * FP_DEV_STRIDE) mod size, so one device's
+//    consecutive blocks never collide. An entry holds the data block and a
+//    "writable in place" bit: the block is this device's alone (not shared
+//    with a snapshot), mapped (so provisioned and zeroed or copied), and the
+//    pool is in a mode that writes. A new entry simply replaces whatever held
+//    its slot (the evicted mapping stays valid; it just goes back to JS).
+//    Each entry is a seqlock (seq odd while JS rewrites it), so a FUSE thread
+//    never sees a torn entry and never takes a lock.
+//  - devices: FP_DEVS records, slot (dev + 1) mod FP_DEVS, each with the
+//    device's name and size. A request uses the fast path only if its file
+//    handle (dev + 1, what the JS open answered) finds a record with its own
+//    path's name and the request lies within the size. A device whose record
+//    slot is taken by another one just stays on the JS path.
+//  Memory: FP_TABLE_SIZE * 24 bytes = 3 MiB for the table (allocated on the
+//  first configure), about 17 KiB for the device records.
+//
+// Correctness (revoke, then drain, before the pool changes anything):
+//  - Fast-path I/O runs inside an epoch: enter = count yourself in
+//    inflight[epoch & 1] (re-checking the epoch so a flip in between cannot
+//    be missed), leave = uncount. fp_drain(), on the JS thread, flips the
+//    epoch and waits until the old parity's count is zero: every request
+//    that might have read the table before the flip has finished its I/O,
+//    and every later one sees what JS stored before the flip. Waiting is
+//    bounded by one pread/pwrite: fast-path I/O never waits on JS, so the JS
+//    thread may block here (it never blocks while holding a FUSE thread
+//    that the fast path waits on: there is none).
+//  - Every pool operation that changes a mapping or its sharing revokes the
+//    affected entries (or their writable bit) and drains, synchronously in
+//    the same JS tick as the metadata change, so nothing can re-insert the
+//    old state in between (src/pool/pool.ts MappingHooks): discard/unmap (the
+//    range), snapshot (the origin's writable bits), device delete,
+//    deactivate and resize (the device's entries and record), a metadata
+//    abort (everything), pool mode read_only (all writable bits) and fail
+//    (everything), pool close (everything, and the data fd is forgotten).
+//    Inserts come from the same tick as the metadata lookup that found them.
+//  - Replacing an entry's writable mapping by anything else drains too
+//    (defensive: the pool never does it without a revoke first).
+//  - Fast-path writes set `dirty`; the JS fsync takes it and fdatasyncs
+//    POOL/data, because the pool's own dirty flag never saw those writes.
+//    The commit's data flush before the superblock covers provisioning
+//    writes (they went through JS); fast-path writes only go to blocks
+//    already mapped.
+//  - Errors: a failed or short pread/pwrite falls back to JS, which redoes
+//    the request and reports (or handles) the error as it always did.
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <errno.h>
+#include <sched.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FP_TABLE_BITS 17
+#define FP_TABLE_SIZE (1u << FP_TABLE_BITS)
+#define FP_DEV_STRIDE 40503u
+#define FP_DEVS 64
+#define FP_NAME_MAX 256
+#define FP_MAX_PIECES 8
+/** dm-thin device ids are 24-bit; handles are dev + 1. */
+#define FP_MAX_HANDLE (1u << 24)
+#define FP_VB_BITS 40
+#define FP_MISS INT32_MIN
+
+typedef struct {
+  _Atomic uint32_t seq;
+  /** 0: empty; else (dev + 1) << FP_VB_BITS | vblock. */
+  _Atomic uint64_t key;
+  /** data block << 1 | writable. */
+  _Atomic uint64_t val;
+} fp_entry_t;
+
+typedef struct {
+  /** Bytes; 0 = no record. Stored last (release) when a record is set. */
+  _Atomic uint64_t size;
+  /** dev + 1. */
+  _Atomic uint32_t handle;
+  /** Rewritten only while size is 0 and drained. */
+  char name[FP_NAME_MAX];
+} fp_dev_t;
+
+static struct {
+  _Atomic int fd;
+  uint64_t block_bytes;
+  fp_entry_t *table;
+  fp_dev_t devs[FP_DEVS];
+  _Atomic uint64_t epoch;
+  _Atomic int64_t inflight[2];
+  _Atomic int dirty;
+  _Atomic uint64_t reads, writes, fallbacks, read_bytes, write_bytes;
+} fp = { .fd = -1 };
+
+static inline uint64_t fp_key(uint32_t handle, uint64_t vb) {
+  return ((uint64_t) handle << FP_VB_BITS) | vb;
+}
+
+static inline fp_entry_t *fp_slot(uint32_t handle, uint64_t vb) {
+  return &fp.table[(vb + (uint64_t) handle * FP_DEV_STRIDE) & (FP_TABLE_SIZE - 1)];
+}
+
+/** A consistent copy of an entry, or 0 if JS is rewriting it. */
+static int fp_read_entry(fp_entry_t *e, uint64_t *key, uint64_t *val) {
+  uint32_t s1 = atomic_load_explicit(&e->seq, memory_order_acquire);
+  if (s1 & 1) return 0;
+  *key = atomic_load_explicit(&e->key, memory_order_relaxed);
+  *val = atomic_load_explicit(&e->val, memory_order_relaxed);
+  atomic_thread_fence(memory_order_acquire);
+  return atomic_load_explicit(&e->seq, memory_order_relaxed) == s1;
+}
+
+/** JS thread only. */
+static void fp_write_entry(fp_entry_t *e, uint64_t key, uint64_t val) {
+  uint32_t s = atomic_load_explicit(&e->seq, memory_order_relaxed);
+  atomic_store_explicit(&e->seq, s + 1, memory_order_relaxed);
+  atomic_thread_fence(memory_order_release);
+  atomic_store_explicit(&e->key, key, memory_order_relaxed);
+  atomic_store_explicit(&e->val, val, memory_order_relaxed);
+  atomic_store_explicit(&e->seq, s + 2, memory_order_release);
+}
+
+static unsigned fp_enter(void) {
+  for (;;) {
+    uint64_t e = atomic_load(&fp.epoch);
+    atomic_fetch_add(&fp.inflight[e & 1], 1);
+    if (atomic_load(&fp.epoch) == e) return (unsigned) (e & 1);
+    atomic_fetch_sub(&fp.inflight[e & 1], 1);
+  }
+}
+
+static void fp_leave(unsigned parity) {
+  atomic_fetch_sub(&fp.inflight[parity], 1);
+}
+
+/** JS thread only: returns once no fast-path I/O that began before the call is running. */
+static void fp_drain(void) {
+  uint64_t e = atomic_fetch_add(&fp.epoch, 1);
+  for (int spins = 0; atomic_load(&fp.inflight[e & 1]) != 0; spins++) {
+    if (spins < 64) {
+      sched_yield();
+    } else {
+      struct timespec ts = { 0, 20000 };
+      nanosleep(&ts, NULL);
+    }
+  }
+}
+
+static int fp_full_io(int writing, int fd, char *buf, size_t len, off_t at) {
+  while (len > 0) {
+    ssize_t n = writing ? pwrite(fd, buf, len, at) : pread(fd, buf, len, at);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return -1;
+    buf += n;
+    len -= (size_t) n;
+    at += n;
+  }
+  return 0;
+}
+
+static int fp_io_entered(int writing, const char *path, uint32_t handle, char *buf, size_t len, off_t off) {
+  int fd = atomic_load(&fp.fd);
+  if (fd < 0) return FP_MISS;
+  fp_dev_t *d = &fp.devs[handle % FP_DEVS];
+  uint64_t size = atomic_load_explicit(&d->size, memory_order_acquire);
+  if (size == 0 || atomic_load(&d->handle) != handle || path[0] != '/' || strcmp(path + 1, d->name) != 0) return FP_MISS;
+  if (len == 0 || off < 0 || (uint64_t) off + len > size) return FP_MISS;
+
+  uint64_t bb = fp.block_bytes;
+  off_t at[FP_MAX_PIECES];
+  size_t plen[FP_MAX_PIECES];
+  int n = 0;
+  for (size_t done = 0; done < len;) {
+    uint64_t pos = (uint64_t) off + done;
+    uint64_t vb = pos / bb;
+    uint64_t within = pos % bb;
+    size_t piece = (size_t) (bb - within < len - done ? bb - within : len - done);
+    uint64_t key, val;
+    if (!fp_read_entry(fp_slot(handle, vb), &key, &val) || key != fp_key(handle, vb)) return FP_MISS;
+    if (writing && !(val & 1)) return FP_MISS;
+    off_t where = (off_t) ((val >> 1) * bb + within);
+    if (n > 0 && at[n - 1] + (off_t) plen[n - 1] == where) {
+      plen[n - 1] += piece;
+    } else {
+      if (n == FP_MAX_PIECES) return FP_MISS;
+      at[n] = where;
+      plen[n] = piece;
+      n++;
+    }
+    done += piece;
+  }
+  char *p = buf;
+  for (int i = 0; i < n; i++) {
+    if (fp_full_io(writing, fd, p, plen[i], at[i]) != 0) return FP_MISS;
+    p += plen[i];
+  }
+  if (writing) {
+    atomic_store(&fp.dirty, 1);
+    atomic_fetch_add_explicit(&fp.writes, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&fp.write_bytes, len, memory_order_relaxed);
+  } else {
+    atomic_fetch_add_explicit(&fp.reads, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&fp.read_bytes, len, memory_order_relaxed);
+  }
+  return (int) len;
+}
+
+/** The byte count if the fast path served the request, else FP_MISS (then JS must). */
+static int fp_io(int writing, const char *path, struct fuse_file_info *info, char *buf, size_t len, off_t off) {
+  if (atomic_load_explicit(&fp.fd, memory_order_relaxed) < 0 || info == NULL) return FP_MISS;
+  if (info->fh == 0 || info->fh >= FP_MAX_HANDLE) return FP_MISS;
+  unsigned parity = fp_enter();
+  int res = fp_io_entered(writing, path, (uint32_t) info->fh, buf, len, off);
+  fp_leave(parity);
+  if (res == FP_MISS) atomic_fetch_add_explicit(&fp.fallbacks, 1, memory_order_relaxed);
+  return res;
+}
+
+// ------------------------------------------------------------- N-API (JS thread)
+
+static double fp_arg_double(napi_env env, napi_value v) {
+  double d = 0;
+  napi_get_value_double(env, v, &d);
+  return d;
+}
+
+/** fastpath_configure(fd, blockBytes): fd -1 turns the fast path off (drains, empties the table). */
+NAPI_METHOD(fastpath_configure) {
+  NAPI_ARGV(2)
+  NAPI_ARGV_INT32(fd, 0)
+  NAPI_ARGV_UINT32(block_bytes, 1)
+  atomic_store(&fp.fd, -1);
+  for (int i = 0; i < FP_DEVS; i++) atomic_store(&fp.devs[i].size, 0);
+  fp_drain();
+  if (fp.table != NULL) {
+    for (uint32_t i = 0; i < FP_TABLE_SIZE; i++) fp_write_entry(&fp.table[i], 0, 0);
+  }
+  if (fd < 0 || block_bytes == 0) return NULL;
+  if (fp.table == NULL) {
+    fp.table = calloc(FP_TABLE_SIZE, sizeof(fp_entry_t));
+    if (fp.table == NULL) {
+      napi_throw_error(env, NULL, "fast path: cannot allocate its mapping table");
+      return NULL;
+    }
+  }
+  fp.block_bytes = block_bytes;
+  atomic_store(&fp.fd, fd);
+  return NULL;
+}
+
+/** fastpath_enable(dev, name, size) -> bool: (re)sets the device's record; false if its slot is another device's. */
+NAPI_METHOD(fastpath_enable) {
+  NAPI_ARGV(3)
+  NAPI_ARGV_UINT32(dev, 0)
+  NAPI_ARGV_UTF8(name, FP_NAME_MAX, 1)
+  uint64_t size = (uint64_t) fp_arg_double(env, argv[2]);
+  napi_value result;
+  uint32_t handle = dev + 1;
+  fp_dev_t *d = &fp.devs[handle % FP_DEVS];
+  int ok = handle < FP_MAX_HANDLE && strlen(name) < FP_NAME_MAX - 1 && fp.table != NULL;
+  uint64_t cur = atomic_load(&d->size);
+  if (ok && cur != 0 && atomic_load(&d->handle) != handle) ok = 0;
+  if (ok && !(cur == size && strcmp(d->name, name) == 0)) {
+    if (cur != 0) {
+      atomic_store(&d->size, 0);
+      fp_drain();
+    }
+    atomic_store(&d->handle, handle);
+    strcpy(d->name, name);
+    atomic_store_explicit(&d->size, size, memory_order_release);
+  }
+  napi_get_boolean(env, ok, &result);
+  return result;
+}
+
+/** fastpath_insert(dev, vblock, dblock, writable): the pool saw this mapping just now. */
+NAPI_METHOD(fastpath_insert) {
+  NAPI_ARGV(4)
+  NAPI_ARGV_UINT32(dev, 0)
+  uint64_t vb = (uint64_t) fp_arg_double(env, argv[1]);
+  uint64_t db = (uint64_t) fp_arg_double(env, argv[2]);
+  bool writable = false;
+  napi_get_value_bool(env, argv[3], &writable);
+  uint32_t handle = dev + 1;
+  fp_dev_t *d = &fp.devs[handle % FP_DEVS];
+  if (fp.table == NULL || vb >= ((uint64_t) 1 << FP_VB_BITS) || atomic_load(&d->size) == 0 || atomic_load(&d->handle) != handle) return NULL;
+  fp_entry_t *e = fp_slot(handle, vb);
+  uint64_t key = fp_key(handle, vb);
+  uint64_t val = (db << 1) | (writable ? 1 : 0);
+  uint64_t old_key = atomic_load(&e->key);
+  uint64_t old_val = atomic_load(&e->val);
+  fp_write_entry(e, key, val);
+  if (old_key == key && (old_val & 1) && old_val != val) fp_drain();
+  return NULL;
+}
+
+/**
+ * fastpath_revoke(dev, from, end, writesOnly) -> number[]: drops the entries of
+ * dev (-1: every device) with from <= vblock < end (end -1: all), or only
+ * their writable bit; a whole-device (or every-device) drop also drops the
+ * record. Drains before returning. Answers the data blocks whose writable bit
+ * it cleared (JS may cache them again).
+ */
+NAPI_METHOD(fastpath_revoke) {
+  NAPI_ARGV(4)
+  NAPI_ARGV_INT32(dev, 0)
+  double from_d = fp_arg_double(env, argv[1]);
+  double end_d = fp_arg_double(env, argv[2]);
+  bool writes_only = false;
+  napi_get_value_bool(env, argv[3], &writes_only);
+  uint64_t from = from_d < 0 ? 0 : (uint64_t) from_d;
+  uint64_t end = end_d < 0 ? UINT64_MAX : (uint64_t) end_d;
+  uint32_t handle = dev < 0 ? 0 : (uint32_t) dev + 1;
+  int whole = from == 0 && end == UINT64_MAX;
+
+  if (!writes_only && whole) {
+    for (int i = 0; i < FP_DEVS; i++) {
+      if (handle == 0 || atomic_load(&fp.devs[i].handle) == handle) atomic_store(&fp.devs[i].size, 0);
+    }
+  }
+  napi_value cleared;
+  napi_create_array(env, &cleared);
+  uint32_t ncleared = 0;
+  if (fp.table != NULL) {
+    int by_slot = handle != 0 && end != UINT64_MAX && end - from < FP_TABLE_SIZE;
+    uint64_t count = by_slot ? end - from : FP_TABLE_SIZE;
+    for (uint64_t i = 0; i < count; i++) {
+      fp_entry_t *e = by_slot ? fp_slot(handle, from + i) : &fp.table[i];
+      uint64_t key = atomic_load(&e->key);
+      uint64_t val = atomic_load(&e->val);
+      if (key == 0) continue;
+      uint32_t h = (uint32_t) (key >> FP_VB_BITS);
+      uint64_t vb = key & (((uint64_t) 1 << FP_VB_BITS) - 1);
+      if ((handle != 0 && h != handle) || vb < from || vb >= end) continue;
+      if (writes_only && !(val & 1)) continue;
+      if (val & 1) {
+        napi_value b;
+        napi_create_double(env, (double) (val >> 1), &b);
+        napi_set_element(env, cleared, ncleared++, b);
+      }
+      if (writes_only) fp_write_entry(e, key, val & ~(uint64_t) 1);
+      else fp_write_entry(e, 0, 0);
+    }
+  }
+  fp_drain();
+  return cleared;
+}
+
+/** fastpath_take_dirty() -> bool: whether fast-path writes landed since the last call. */
+NAPI_METHOD(fastpath_take_dirty) {
+  napi_value result;
+  napi_get_boolean(env, atomic_exchange(&fp.dirty, 0) != 0, &result);
+  return result;
+}
+
+/** fastpath_stats() -> [reads, writes, fallbacks, readBytes, writeBytes]. */
+NAPI_METHOD(fastpath_stats) {
+  napi_value result;
+  napi_create_array_with_length(env, 5, &result);
+  uint64_t v[5] = { atomic_load(&fp.reads), atomic_load(&fp.writes), atomic_load(&fp.fallbacks), atomic_load(&fp.read_bytes), atomic_load(&fp.write_bytes) };
+  for (uint32_t i = 0; i < 5; i++) {
+    napi_value n;
+    napi_create_double(env, (double) v[i], &n);
+    napi_set_element(env, result, i, n);
+  }
+  return result;
+}

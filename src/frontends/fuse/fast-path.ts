@@ -1,0 +1,196 @@
+import type { DataBlock, DevId, VirtBlock } from '../../base/units.js';
+import { CachedBacking } from '../../io/cached-backing.js';
+import { FaultBacking } from '../../io/fault-backing.js';
+import { FileBacking } from '../../io/file-backing.js';
+import type { MappingHooks, Pool } from '../../pool/pool.js';
+import type { NamedDevice } from '../../pool/registry.js';
+import type { FastPathBinding } from './fuse-native.js';
+
+// The JS half of the FUSE fast path (the C half and the whole design are in
+// native-deps/fastpath.h). The pool reports every mapping it looks up or
+// inserts (MappingHooks.mapped) and every change of mappings before it makes
+// it (revoke); this class copies the first into the native table and turns
+// the second into native revocations, which wait for fast-path I/O on the
+// revoked entries to finish.
+//
+// The data cache (CachedBacking) never sees fast-path writes. So a data block
+// gets a bit in `writable` when it is first granted writable, its cached
+// units are dropped then, and the cache admits none of it while the bit is
+// set. The bit is cleared (and the cache range dropped again, which also
+// stales loads in flight) only when a revocation reports it took that
+// block's writable right away after draining. A writable entry that the
+// table evicts keeps its bit: that block just stays uncached.
+// Memory: the native table (3 MiB), plus one bit per data block of the pool
+// here (2 MiB per TiB of pool at 64 KiB blocks).
+//
+// Sequential access: a device reads or writes through JS block after block
+// only while the table does not know them yet, so when JS sees consecutive
+// blocks it also copies the next PREFETCH mappings in (same synchronous step
+// as the pool's own lookup, so just as exact).
+//
+// Only a plain data file (FileBacking, optionally under the data cache and
+// an injector with no faults) qualifies: delays and recording wrap the data
+// file, and all their I/O must go through JS. While `thinfuse fault` has a
+// fault set on the data file, the fast path is suspended (every entry
+// revoked, nothing inserted), so each request meets the injector.
+
+export interface FastPathStats {
+  reads: number;
+  writes: number;
+  fallbacks: number;
+  readBytes: number;
+  writeBytes: number;
+}
+
+/** Mappings copied ahead of a sequential JS-path access. */
+const PREFETCH = 64;
+
+interface DeviceRecord {
+  name: string;
+  size: number;
+  /** The last block JS reported, and the end of what was copied ahead. */
+  last: number;
+  ahead: number;
+}
+
+export class FastPath implements MappingHooks {
+  /** Devices with a native record (name and size), by dev id. */
+  private readonly records = new Map<DevId, DeviceRecord>();
+  private prefetching = false;
+  private suspended = false;
+  private writable: Uint8Array;
+  private closed = false;
+
+  private constructor(
+    private readonly pool: Pool,
+    private readonly native: FastPathBinding,
+    private readonly cache: CachedBacking | undefined,
+    fd: number,
+  ) {
+    this.writable = new Uint8Array(Math.ceil(pool.md.nrDataBlocks / 8));
+    native.configure(fd, pool.blockBytes);
+    if (cache) cache.admit = (offset) => !this.isWritable(Math.floor(offset / pool.blockBytes));
+  }
+
+  /** A fast path for the pool, or undefined when its data file is not a plain file. */
+  static attach(pool: Pool, native: FastPathBinding): FastPath | undefined {
+    const cache = pool.data instanceof CachedBacking ? pool.data : undefined;
+    const outer = cache ? cache.inner : pool.data;
+    const faults = outer instanceof FaultBacking ? outer : undefined;
+    const file = faults ? faults.file : outer;
+    if (!(file instanceof FileBacking)) return undefined;
+    const fp = new FastPath(pool, native, cache, file.descriptor);
+    pool.setMappingHooks(fp);
+    if (faults) {
+      fp.suspend(faults.list().length > 0);
+      faults.onChange = (list) => fp.suspend(list.length > 0);
+    }
+    return fp;
+  }
+
+  /** Gives the device a native record with its current name and size (before each JS request). */
+  ensure(d: NamedDevice): void {
+    if (this.closed) return;
+    const r = this.records.get(d.devId);
+    if (r && r.name === d.name && r.size === d.size) return;
+    if (this.native.enable(d.devId, d.name, d.size)) this.records.set(d.devId, { name: d.name, size: d.size, last: -2, ahead: 0 });
+    else this.records.delete(d.devId);
+  }
+
+  mapped(dev: DevId, vb: VirtBlock, block: DataBlock, exclusive: boolean): void {
+    const r = this.records.get(dev);
+    if (this.closed || !r) return;
+    this.insert(dev, vb, block, exclusive);
+    const sequential = vb > r.last && vb <= r.last + 2;
+    r.last = vb;
+    if (sequential && vb + 8 >= r.ahead && !this.prefetching) this.prefetch(dev, r, vb);
+  }
+
+  /** Copies the mappings of the next PREFETCH blocks after vb (a metadata error just stops it). */
+  private prefetch(dev: DevId, r: DeviceRecord, vb: number): void {
+    this.prefetching = true;
+    const bb = this.pool.blockBytes;
+    const end = Math.min(Math.max(vb + 1, r.ahead) + PREFETCH, Math.ceil(r.size / bb));
+    try {
+      for (let b = Math.max(vb + 1, r.ahead); b < end; b++) {
+        const m = this.pool.md.lookup(dev, b as VirtBlock);
+        if (m) this.insert(dev, b as VirtBlock, m.block, !this.pool.md.isShared(dev, m));
+      }
+    } catch {
+      // The pool's own lookups will meet and report the error.
+    } finally {
+      this.prefetching = false;
+    }
+    r.ahead = end;
+  }
+
+  /** While suspended (faults on the data file), the table stays empty. */
+  suspend(on: boolean): void {
+    if (on && !this.suspended) this.revoke(undefined, 'all');
+    this.suspended = on;
+  }
+
+  private insert(dev: DevId, vb: VirtBlock, block: DataBlock, exclusive: boolean): void {
+    const mode = this.pool.mode;
+    if (mode === 'fail' || this.suspended) return;
+    const writable = exclusive && (mode === 'write' || mode === 'out_of_data_space');
+    if (writable && !this.isWritable(block)) {
+      this.setWritable(block, true);
+      this.cache?.invalidate(block * this.pool.blockBytes, this.pool.blockBytes);
+    }
+    this.native.insert(dev, vb, block, writable);
+  }
+
+  revoke(dev: DevId | undefined, what: { from: number; end: number } | 'all' | 'writes'): void {
+    if (this.closed) return;
+    const range = typeof what === 'object' ? what : { from: -1, end: -1 };
+    const cleared = this.native.revoke(dev ?? -1, range.from, range.end, what === 'writes');
+    for (const b of cleared) {
+      this.setWritable(b, false);
+      this.cache?.invalidate(b * this.pool.blockBytes, this.pool.blockBytes);
+    }
+    for (const [id, r] of this.records) if (dev === undefined || id === dev) r.ahead = 0;
+    if (what !== 'all') return;
+    if (dev === undefined) this.records.clear();
+    else this.records.delete(dev);
+  }
+
+  closing(): void {
+    this.close();
+  }
+
+  /** Turns the fast path off for good (waits for its I/O): before the data file closes. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.native.configure(-1, 0);
+    this.records.clear();
+    this.pool.setMappingHooks(undefined);
+    if (this.cache) this.cache.admit = () => true;
+  }
+
+  /** Whether fast-path writes landed since the last call (so an fsync must flush the data file). */
+  takeDirty(): boolean {
+    return this.native.takeDirty();
+  }
+
+  stats(): FastPathStats {
+    const [reads, writes, fallbacks, readBytes, writeBytes] = this.native.stats();
+    return { reads: reads!, writes: writes!, fallbacks: fallbacks!, readBytes: readBytes!, writeBytes: writeBytes! };
+  }
+
+  private isWritable(b: number): boolean {
+    return b < this.writable.length * 8 && (this.writable[b >> 3]! & (1 << (b & 7))) !== 0;
+  }
+
+  private setWritable(b: number, on: boolean): void {
+    if (b >= this.writable.length * 8) {
+      // The pool grew (resize --data-size).
+      const grown = new Uint8Array(Math.max(Math.ceil((b + 1) / 8), this.writable.length * 2));
+      grown.set(this.writable);
+      this.writable = grown;
+    }
+    const byte = this.writable[b >> 3]!;
+    this.writable[b >> 3] = on ? byte | (1 << (b & 7)) : byte & ~(1 << (b & 7));
+  }
+}

@@ -1,0 +1,197 @@
+// The FUSE fast path (native-deps/fastpath.h, src/frontends/fuse/fast-path.ts)
+// under races: writers own disjoint slices of an origin and write, punch,
+// discard (through the socket too) and read-verify them through FUSE, while
+// snapshots of the origin are taken. Every snapshot must hold, per slice, the
+// slice as it was after some prefix of its writer's operations that lies
+// between "completed before the snapshot began" and "started before it
+// ended"; the origin must end as the model says. Both are read through FUSE
+// (the fast path) and through the control socket (the JS path, with its data
+// cache). A second test pins the data cache: JS-path reads of a block that
+// fast-path writes change never come back stale.
+import test from 'ava';
+import { execFile, spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs/promises';
+import { promisify } from 'node:util';
+import { CLI } from './_helpers/cli.js';
+import { E2E, ENV, MiB, requireSystem, runOk, tfBuf, tfOk } from './_helpers/serve.js';
+
+const execFileAsync = promisify(execFile);
+const BLOCK = 64 * 1024;
+const SIZE = 32 * MiB;
+const WRITERS = 4;
+const SLICE = SIZE / WRITERS;
+const OPS = 120;
+
+type Kind = 'write' | 'punch' | 'discard' | 'sockwrite' | 'read';
+
+interface Done {
+  start: number;
+  end: number;
+  /** Applies the op to a model (null for reads). */
+  apply: ((m: Buffer) => void) | null;
+}
+
+function tfAsync(args: string[], input?: Buffer): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: ENV, stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`thinfuse ${args.join(' ')} exited ${code}: ${err.trim()}`))));
+    child.stdin.end(input ?? Buffer.alloc(0));
+  });
+}
+
+function pick(base: number, aligned = crypto.randomInt(3) === 0): { offset: number; length: number } {
+  const length = aligned ? BLOCK * (1 + crypto.randomInt(2)) : 1 + crypto.randomInt(2 * BLOCK);
+  const offset = aligned ? base + BLOCK * crypto.randomInt(SLICE / BLOCK - 2) : base + crypto.randomInt(SLICE - length);
+  return { offset, length };
+}
+
+/** One writer: the only one touching [base, base + SLICE) of the origin. */
+async function writer(file: string, pool: string, base: number, model: Buffer, log: Done[]): Promise<void> {
+  const fh = await fs.open(file, 'r+');
+  try {
+    for (let i = 0; i < OPS; i++) {
+      const r = crypto.randomInt(20);
+      const kind: Kind = r < 10 ? 'write' : r < 12 ? 'punch' : r < 14 ? 'discard' : r < 15 ? 'sockwrite' : 'read';
+      // A FUSE punch of partial blocks is a discard plus zeroing writes, which a
+      // snapshot may fall between; whole blocks are one discard.
+      const { offset, length } = pick(base, kind === 'punch' ? true : undefined);
+      const start = performance.now();
+      let apply: Done['apply'] = null;
+      if (kind === 'write' || kind === 'sockwrite') {
+        const data = crypto.randomBytes(length);
+        if (kind === 'write') await fh.write(data, 0, length, offset);
+        else await tfAsync(['write', pool, 'origin', '--offset', String(offset)], data);
+        apply = (m) => data.copy(m, offset);
+      } else if (kind === 'punch') {
+        await execFileAsync('fallocate', ['-p', '-o', String(offset), '-l', String(length), file], { env: ENV });
+        apply = (m) => m.fill(0, offset, offset + length);
+      } else if (kind === 'discard') {
+        // Only whole blocks are unmapped; partial ones stay as they were.
+        await tfAsync(['discard', pool, 'origin', '--offset', String(offset), '--length', String(length)]);
+        const from = Math.ceil(offset / BLOCK) * BLOCK;
+        const to = Math.floor((offset + length) / BLOCK) * BLOCK;
+        apply = (m) => {
+          if (from < to) m.fill(0, from, to);
+        };
+      } else {
+        const got = Buffer.alloc(length);
+        await fh.read(got, 0, length, offset);
+        if (!got.equals(model.subarray(offset, offset + length))) throw new Error(`read of origin at ${offset}+${length} differs from the model (op ${i})`);
+      }
+      apply?.(model);
+      log.push({ start, end: performance.now(), apply });
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Whether `got` equals the slice after some prefix of `log` allowed by a snapshot taken over [t0, t1]. */
+function matchesSomePrefix(got: Buffer, initial: Buffer, log: Done[], base: number, t0: number, t1: number): boolean {
+  const m = Buffer.from(initial);
+  const slice = () => m.subarray(base, base + SLICE);
+  const lo = log.filter((d) => d.end < t0).length;
+  const hi = log.filter((d) => d.start < t1).length;
+  for (let k = 0; k <= hi; k++) {
+    if (k >= lo && slice().equals(got)) return true;
+    if (k < log.length) log[k]!.apply?.(m);
+  }
+  return false;
+}
+
+test.serial('fast path: writes, punches and discards race snapshots; origin and every snapshot match the model', async (t) => {
+  requireSystem();
+  const e = await E2E.start(t, 'thinfuse-fastpath-');
+  e.createPool('1G', '64M');
+  tfOk(['create', e.pool, 'origin', '--size', String(SIZE)]);
+  const serve = await e.serve();
+  const file = `${e.mnt}/origin`;
+  const initial = crypto.randomBytes(SIZE);
+  await fs.writeFile(file, initial, { flag: 'r+' });
+  const model = Buffer.from(initial);
+
+  const logs: Done[][] = Array.from({ length: WRITERS }, () => []);
+  const snaps: Array<{ name: string; t0: number; t1: number }> = [];
+  let writing = true;
+  const snapshotter = (async () => {
+    for (let i = 0; writing; i++) {
+      await new Promise((r) => setTimeout(r, 100 + crypto.randomInt(300)));
+      if (!writing) break;
+      const name = `s${i}`;
+      const t0 = performance.now();
+      await tfAsync(['snapshot', e.pool, 'origin', name]);
+      snaps.push({ name, t0, t1: performance.now() });
+    }
+  })();
+  try {
+    await Promise.all(logs.map((log, w) => writer(file, e.pool, w * SLICE, model, log)));
+  } finally {
+    writing = false;
+    await snapshotter;
+  }
+  t.true(snaps.length >= 2, `${snaps.length} snapshots were taken under load`);
+
+  const viaFuse = await fs.readFile(file);
+  const viaSocket = tfBuf(['read', e.pool, 'origin']);
+  t.true(viaFuse.equals(model), 'origin read through FUSE matches the model');
+  t.true(viaSocket.equals(model), 'origin read through the socket (JS path) matches the model');
+  for (const s of snaps) {
+    const got = await fs.readFile(`${e.mnt}/${s.name}`);
+    t.true(got.equals(tfBuf(['read', e.pool, s.name])), `${s.name}: FUSE and socket reads agree`);
+    for (let w = 0; w < WRITERS; w++) {
+      const base = w * SLICE;
+      t.true(matchesSomePrefix(got.subarray(base, base + SLICE), initial, logs[w]!, base, s.t0, s.t1), `${s.name}, slice ${w}: a consistent point of its writer`);
+    }
+  }
+
+  const status = JSON.parse(tfOk(['status', e.pool, '--json'])).result;
+  t.log(`snapshots ${snaps.length}; fast path ${JSON.stringify(status.fastPath)}; data cache ${JSON.stringify(status.dataCache)}`);
+  t.true(status.fastPath.writes > 0 && status.fastPath.reads > 0, 'the fast path served reads and writes');
+  t.is((await serve.stop()).code, 0);
+  runOk('thin_check', [`${e.pool}/metadata`]);
+  tfOk(['check', e.pool]);
+  t.true(tfBuf(['read', e.pool, 'origin']).equals(model), 'origin after the daemon stopped matches the model');
+});
+
+test.serial('fast path: JS-path reads through the data cache never return a block stale after fast-path writes', async (t) => {
+  requireSystem();
+  const e = await E2E.start(t, 'thinfuse-fastpath-cache-');
+  e.createPool('1G', '64M');
+  tfOk(['create', e.pool, 'd', '--size', String(4 * BLOCK)]);
+  const serve = await e.serve();
+  const file = `${e.mnt}/d`;
+  const fh = await fs.open(file, 'r+');
+  try {
+    // Block 0 mapped (and known writable to the fast path), block 1 unmapped:
+    // a read across their border misses the table and goes through JS and its cache.
+    await fh.write(crypto.randomBytes(BLOCK), 0, BLOCK, 0);
+    const border = BLOCK - 4096;
+    const straddle = async () => {
+      const b = Buffer.alloc(8192);
+      await fh.read(b, 0, b.length, border);
+      return b;
+    };
+    for (let round = 0; round < 3; round++) {
+      await straddle();
+      const data = crypto.randomBytes(4096);
+      await fh.write(data, 0, data.length, border);
+      const got = await straddle();
+      t.true(got.subarray(0, 4096).equals(data), `round ${round}: the write shows in the next JS-path read`);
+      t.true(got.subarray(4096).equals(Buffer.alloc(4096)), `round ${round}: the unmapped block reads as zeros`);
+      if (round === 1) tfOk(['snapshot', e.pool, 'd', 'snap']);
+    }
+  } finally {
+    await fh.close();
+  }
+  const status = JSON.parse(tfOk(['status', e.pool, '--json'])).result;
+  t.log(`fast path ${JSON.stringify(status.fastPath)}; data cache ${JSON.stringify(status.dataCache)}`);
+  t.true(status.fastPath.writes > 0, 'some of those writes took the fast path');
+  t.is((await serve.stop()).code, 0);
+  runOk('thin_check', [`${e.pool}/metadata`]);
+});
