@@ -24,7 +24,13 @@ export interface ServeOptions {
   log: (line: string) => void;
 }
 
-/** Mount options: 128 KiB writes (libfuse2's largest), no page cache of our own. */
+/**
+ * Mount options: requests of up to 128 KiB (libfuse2's largest), no page
+ * cache of our own. The kernel also caps a direct-I/O request at 32 pages of
+ * the caller's buffer, so an unaligned write longer than about 124 KiB
+ * arrives as two requests (and a snapshot may fall between them, as between
+ * two bios of one split write on dm-thin).
+ */
 export function mountOptions(poolName: string): string {
   const safe = poolName.replace(/[^A-Za-z0-9_.-]/g, '_');
   return `thinfuse-${safe},big_writes,max_write=131072,max_read=131072,direct_io,attr_timeout=0,entry_timeout=0,negative_timeout=0,default_permissions`;
