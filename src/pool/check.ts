@@ -1,4 +1,4 @@
-import { META_BLOCK_SIZE, MAX_BLOCK_SECTORS, MIN_BLOCK_SECTORS, META_SECTORS } from '../base/units.js';
+import { MAX_DATA_BLOCKS, META_BLOCK_SIZE, MAX_BLOCK_SECTORS, MIN_BLOCK_SECTORS, META_SECTORS } from '../base/units.js';
 import type { BackingFile } from '../io/backing-file.js';
 import { type BlockKind, checksumMatches, SALT } from '../metadata/checksum.js';
 import { INTERNAL, LEAF } from '../metadata/btree/node.js';
@@ -488,6 +488,7 @@ class Checker {
       return;
     }
 
+    if (dataSm.nrBlocks > MAX_DATA_BLOCKS) this.report.fatal('sm', `data space map: ${dataSm.nrBlocks} blocks, more than dm-thin allows (2^40)`);
     this.dataExpected = dataSm.nrBlocks <= 2 ** 26 ? new Uint8Array(dataSm.nrBlocks) : undefined;
     this.refMeta(0, 'superblock');
     this.uses.set(0, { kind: 'superblock', what: 'the superblock' });
@@ -603,6 +604,11 @@ class Checker {
     }
     const entries: IndexEntry[] = [];
     let complete = true;
+    // A garbage nr_blocks must not make the check loop over billions of bitmaps.
+    if (nrBitmaps > 2 * byKey.size + 1024) {
+      this.report.fatal('sm', `${name}: ${root.nrBlocks} blocks need ${nrBitmaps} bitmaps, but the index tree has only ${byKey.size} entries`);
+      return undefined;
+    }
     for (let i = 0; i < nrBitmaps; i++) {
       const e = byKey.get(i);
       if (!e) {

@@ -10,6 +10,7 @@ import { checkMetadata } from '../../pool/check.js';
 import { NEEDS_CHECK, decodeSuperblock, encodeSuperblock } from '../../pool/format.js';
 import { DATA_FILE, METADATA_FILE } from '../../pool/pool.js';
 import { restoreMetadata } from '../../pool/restore.js';
+import { repairPool } from './repair-command.js';
 import { checkMetadataSize } from '../../pool/validate.js';
 import { callOp } from './session.js';
 import type { Out } from './output.js';
@@ -76,9 +77,19 @@ export function checkCommand(program: Command, run: Run): void {
     .description('check the metadata: everything thin_check checks, plus data reference counts and mapped-block counts')
     .option('-q, --quiet', 'exit status only')
     .option('--clear-needs-check-flag', 'clear needs_check when the check passes')
-    .action(run(async (out, dir: string, o: { quiet?: boolean; clearNeedsCheckFlag?: boolean }) => {
+    .option('--repair', 'rebuild consistent metadata from what is readable into a new file (thin_repair), and report what was lost')
+    .option('--output <file>', 'with --repair: where to write the repaired metadata (default POOL/metadata.repaired)')
+    .option('--in-place', 'with --repair: replace POOL/metadata (needs --backup)')
+    .option('--backup <file>', 'with --in-place: copy the old metadata here first')
+    .option('--data-block-size <size>', 'with --repair: the data block size, when the superblock cannot tell it')
+    .option('--transaction-id <n>', 'with --repair: the transaction id, when the superblock cannot tell it')
+    .action(run(async (out, dir: string, o: CheckFlags) => {
       const metaPath = path.join(dir, METADATA_FILE);
       if (!fs.existsSync(metaPath)) throw new ThinError('POOL_MISSING', `no pool in ${dir} (no metadata file)`);
+      if (o.repair || o.output || o.inPlace || o.backup || o.dataBlockSize || o.transactionId) {
+        await repairCommand(out, dir, o);
+        return;
+      }
       const lock = lockPool(dir);
       try {
         const file = FileBacking.open(metaPath, Boolean(o.clearNeedsCheckFlag));
@@ -108,4 +119,21 @@ export function checkCommand(program: Command, run: Run): void {
         lock.release();
       }
     }));
+}
+
+interface CheckFlags {
+  quiet?: boolean;
+  clearNeedsCheckFlag?: boolean;
+  repair?: boolean;
+  output?: string;
+  inPlace?: boolean;
+  backup?: string;
+  dataBlockSize?: string;
+  transactionId?: string;
+}
+
+async function repairCommand(out: Out, dir: string, o: CheckFlags): Promise<void> {
+  if (!o.repair) throw new ThinError('EINVAL_ARG', '--output, --in-place, --backup, --data-block-size and --transaction-id go with --repair');
+  if (o.clearNeedsCheckFlag) throw new ThinError('EINVAL_ARG', '--repair clears needs_check by itself when the result is consistent; drop --clear-needs-check-flag');
+  await repairPool(out, dir, o);
 }
