@@ -24,6 +24,8 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { processStartTime } from '../src/frontends/system/process.js';
+import { mounts } from '../src/frontends/system/loop.js';
 
 export const TAG_FILE = '.thinfuse-test';
 const SBIN = '/usr/local/sbin:/usr/sbin:/sbin';
@@ -39,19 +41,11 @@ function sh(cmd: string, args: string[]): { ok: boolean; out: string } {
   return { ok: r.status === 0, out: `${r.stdout ?? ''}${r.stderr ?? ''}`.trim() };
 }
 
-function startTime(pid: number): string | undefined {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
 
 function ownerAlive(dir: string): boolean {
   try {
     const [pid, start] = fs.readFileSync(path.join(dir, TAG_FILE), 'utf8').trim().split(' ');
-    return startTime(Number(pid)) === start;
+    return processStartTime(Number(pid)) === start;
   } catch {
     return false;
   }
@@ -61,17 +55,6 @@ function under(root: string, p: string): boolean {
   return p === root || p.startsWith(`${root}/`);
 }
 
-interface Mount { mountpoint: string; fstype: string; source: string }
-
-function mounts(): Mount[] {
-  const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
-  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((line) => {
-    const [left, right] = line.split(' - ');
-    const f = left!.split(' ');
-    const r = right!.split(' ');
-    return { mountpoint: unescape(f[4]!), fstype: r[0]!, source: unescape(r[1]!) };
-  });
-}
 
 function loops(): Array<{ dev: string; file: string }> {
   const r = spawnSync('losetup', ['--list', '--noheadings', '--raw', '--output', 'NAME,BACK-FILE'], { env, encoding: 'utf8' });
@@ -126,8 +109,8 @@ function stopPid(pid: number, root: string): void {
       return;
     }
     const end = Date.now() + 3_000;
-    while (Date.now() < end && startTime(pid) !== undefined) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
-    if (startTime(pid) === undefined) return;
+    while (Date.now() < end && processStartTime(pid) !== undefined) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+    if (processStartTime(pid) === undefined) return;
   }
 }
 

@@ -67,7 +67,7 @@ test.serial(`${N} containers of one image: usage, isolation, deferred removal`, 
     const root = roots.get(n)!;
     const files = fs.readdirSync(root).filter((f) => f.startsWith('data-'));
     t.deepEqual(files, [`data-${n}.bin`], `${n} sees only its own writes`);
-    t.is(crypto.createHash('sha256').update(fs.readFileSync(path.join(root, `data-${n}.bin`))).digest('hex'), sums.get(n));
+    t.is(crypto.createHash('sha256').update(fs.readFileSync(path.join(root, `data-${n}.bin`))).digest('hex'), sums.get(n)!);
   }
 
   // Removal while mounted is deferred, and completes on unmount.

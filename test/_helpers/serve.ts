@@ -22,7 +22,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { ControlClient, readPointer } from '../../src/frontends/daemon/control.js';
 import { native } from '../../src/io/native.js';
+import { processAlive as alive, processStartTime } from '../../src/frontends/system/process.js';
 import { CLI } from './cli.js';
+
+export { alive, processStartTime };
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
@@ -152,26 +155,7 @@ export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 //------------------------------------------------------------------------------
 // the kernel's view: processes, loop devices, mounts
 
-/** Alive and not a zombie (an exited child stays a zombie until Node reaps it). */
-export function alive(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return false;
-  }
-}
 
-/** Field 22 of /proc/PID/stat: tells a pid's process from a later one reusing the pid. */
-export function processStartTime(pid: number): string | undefined {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
 
 /** Waits (blocking) until pid is gone; true if it went within ms. */
 export function waitGoneSync(pid: number, ms: number): boolean {

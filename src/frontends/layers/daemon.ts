@@ -4,6 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ThinError } from '../../base/errors.js';
 import { connectDaemon, readPointer } from '../daemon/control.js';
+import { processAlive } from '../system/process.js';
 
 // The one daemon layer mounts need. When no `thinfuse serve` serves the
 // pool, the layer store starts `thinfuse serve POOL POOL/fuse --daemon` (its
@@ -44,15 +45,6 @@ export function startDaemon(pool: string): Served {
   return { pid, mountpoint };
 }
 
-export function alive(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return false;
-  }
-}
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -63,13 +55,13 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
  */
 export async function stopDaemon(d: Served): Promise<void> {
   const end = Date.now() + 30_000;
-  while (alive(d.pid)) {
+  while (processAlive(d.pid)) {
     if (Date.now() > end) throw new ThinError('DEV_BUSY', `the thinfuse serve this store started (pid ${d.pid}) does not stop; see its log ${d.mountpoint}/../serve.log`);
     try {
       process.kill(d.pid, 'SIGTERM');
     } catch {
       break;
     }
-    for (let i = 0; i < 20 && alive(d.pid); i++) await sleep(50);
+    for (let i = 0; i < 20 && processAlive(d.pid); i++) await sleep(50);
   }
 }

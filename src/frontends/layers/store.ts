@@ -8,7 +8,8 @@ import { defaultConfig } from '../../pool/config.js';
 import { checkBlockSize, checkDataSize, checkMetadataSize } from '../../pool/validate.js';
 import { callOp } from '../cli/session.js';
 import { attachLoop, detachLoop, fsfreeze, mounts } from '../system/loop.js';
-import { alive, type Served, servedBy, startDaemon, stopDaemon } from './daemon.js';
+import { processAlive } from '../system/process.js';
+import { type Served, servedBy, startDaemon, stopDaemon } from './daemon.js';
 import { failpoint } from './failpoints.js';
 import type { LayerOptions } from './options.js';
 import { hostSpaceWarning } from './guards.js';
@@ -457,7 +458,7 @@ export class LayerStore {
    */
   async reconcile(): Promise<void> {
     const d = this.data.daemon;
-    if (d && !alive(d.pid)) this.data.daemon = null;
+    if (d && !processAlive(d.pid)) this.data.daemon = null;
     const served = await servedBy(this.pool);
     if (served) {
       this.served = served;
