@@ -2,17 +2,15 @@ import { type Command, Option } from 'commander';
 import { Writable } from 'node:stream';
 import { ThinError } from '../../base/errors.js';
 import { formatBytes } from '../../base/size.js';
-import { writeLayerDiff } from '../layers/archive/diff.js';
-import { applyInto, commitContainer, container, createContainer, image, importImage, removeContainer, removeImage } from '../layers/images.js';
-import { loadOptions } from '../layers/options.js';
-import { LayerStore } from '../layers/store.js';
-import { BASE_ID } from '../layers/store-file.js';
+import type { LayerStore } from '../layers/store.js';
 import { type Out, type Progress, table } from './output.js';
 
 // The layer store's commands (Docker's devicemapper graph driver, image and
 // container operations): `thinfuse layer|image|container ... POOL ...`.
 // Each takes the store's lock, reconciles it, does one thing, and stops the
 // serve it started itself once nothing is mounted.
+// The store and archive modules are imported inside the actions: loading them
+// is most of a short command's time, and other commands never need them.
 
 type Run = <A extends unknown[]>(fn: (out: Out, ...args: A) => Promise<void>) => (...args: A) => Promise<void>;
 
@@ -30,6 +28,7 @@ function storageOpt(): Option {
 
 /** Opens the store, runs fn, and on failure rolls back what fn left half-made; always closes. */
 async function withStore<T>(pool: string, o: StoreFlags, fn: (s: LayerStore) => Promise<T>, createPool = false): Promise<T> {
+  const [{ LayerStore }, { loadOptions }] = await Promise.all([import('../layers/store.js'), import('../layers/options.js')]);
   const store = await LayerStore.open(pool, loadOptions(pool, o.storageOpt ?? []), { createPool });
   try {
     return await fn(store);
@@ -65,6 +64,7 @@ function layerCommands(program: Command, run: Run): void {
     .action(run(async (out, pool: string, id: string, o: StoreFlags) => {
       const r = await withStore(pool, o, async (s) => {
         s.readyLayer(id);
+        const { applyInto } = await import('../layers/images.js');
         return applyInto(s, id, process.stdin);
       });
       out.result(r, [`applied ${r.entries} entries (${r.whiteouts} whiteouts, ${formatBytes(r.bytes)}) to ${id}`]);
@@ -88,6 +88,7 @@ function layerCommands(program: Command, run: Run): void {
   sub(layer, 'remove <pool> <id>', 'remove a layer; a mounted one is removed when it is unmounted (deferred)')
     .action(run(async (out, pool: string, id: string, o: StoreFlags) => {
       const r = await withStore(pool, o, async (s) => {
+        const { BASE_ID } = await import('../layers/store-file.js');
         if (id === BASE_ID) throw new ThinError('EINVAL_ARG', 'the base device is not removed by layer remove; it is the start of every layer');
         s.layer(id);
         const users = s.usersOf(id);
@@ -101,6 +102,7 @@ function layerCommands(program: Command, run: Run): void {
     .action(run(async (out, pool: string, id: string, o: StoreFlags) => {
       const r = await withStore(pool, o, async (s) => {
         const l = s.readyLayer(id);
+        const { writeLayerDiff } = await import('../layers/archive/diff.js');
         const sink = out.json ? new Writable({ write: (_c, _e, cb) => cb() }) : process.stdout;
         const upperDiff = (lower: string | null) => s.withMounted(id, (upper) => writeLayerDiff(lower, upper, sink));
         if (l.parent === null) return upperDiff(null);
@@ -129,6 +131,7 @@ function imageCommands(program: Command, run: Run): void {
         bar ??= out.progress(total, 'layers');
         bar.update(done);
       };
+      const { importImage } = await import('../layers/images.js');
       const i = await withStore(pool, o, (s) => importImage(s, file, o.name, onLayer)).finally(() => bar?.stop());
       out.result(i, [`imported ${i.name}: ${i.layers.length} layers, top ${i.top}`]);
     }));
@@ -141,6 +144,7 @@ function imageCommands(program: Command, run: Run): void {
 
   sub(img, 'rm <pool> <name>', 'remove an image and the layers no other image or container uses')
     .action(run(async (out, pool: string, name: string, o: StoreFlags) => {
+      const { image, removeImage } = await import('../layers/images.js');
       const r = await withStore(pool, o, async (s) => {
         image(s, name);
         return removeImage(s, name);
@@ -154,24 +158,28 @@ function containerCommands(program: Command, run: Run): void {
 
   sub(ctr, 'create <pool> <image> <name>', "make the container's -init layer (Docker's init files) and its read-write layer")
     .action(run(async (out, pool: string, imageName: string, name: string, o: StoreFlags) => {
+      const { createContainer } = await import('../layers/images.js');
       const c = await withStore(pool, o, (s) => createContainer(s, imageName, name));
       out.result(c, [`created container ${name} of ${imageName}`]);
     }));
 
   sub(ctr, 'mount <pool> <name> [dir]', "mount the container's root filesystem (default dir POOL/mnt/NAME)")
     .action(run(async (out, pool: string, name: string, dir: string | undefined, o: StoreFlags) => {
+      const { container } = await import('../layers/images.js');
       const d = await withStore(pool, o, async (s) => s.mount(container(s, name).rw, dir));
       out.result({ container: name, dir: d }, [d]);
     }));
 
   sub(ctr, 'unmount <pool> <name> [dir]', "unmount the container's root filesystem")
     .action(run(async (out, pool: string, name: string, dir: string | undefined, o: StoreFlags) => {
+      const { container } = await import('../layers/images.js');
       await withStore(pool, o, async (s) => s.unmount(container(s, name).rw, dir));
       out.result({ unmounted: name }, [`unmounted ${name}`]);
     }));
 
   sub(ctr, 'commit <pool> <name> <image>', "turn the container's changes into a new image (its image's layers plus one)")
     .action(run(async (out, pool: string, name: string, newImage: string, o: StoreFlags) => {
+      const { commitContainer } = await import('../layers/images.js');
       const i = await withStore(pool, o, (s) => commitContainer(s, name, newImage));
       out.result(i, [`committed ${name} as ${i.name} (layer ${i.top})`]);
     }));
@@ -184,6 +192,7 @@ function containerCommands(program: Command, run: Run): void {
 
   sub(ctr, 'rm <pool> <name>', 'remove a container; a mounted one goes when it is unmounted (deferred deletion)')
     .action(run(async (out, pool: string, name: string, o: StoreFlags) => {
+      const { removeContainer } = await import('../layers/images.js');
       const r = await withStore(pool, o, (s) => removeContainer(s, name));
       out.result({ container: name, ...r }, [r.deferred.length ? `removal of ${name} deferred until it is unmounted` : `removed container ${name}`]);
     }));

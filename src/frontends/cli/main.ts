@@ -3,22 +3,19 @@ import { Command, CommanderError, Option } from 'commander';
 import { ThinError } from '../../base/errors.js';
 import { formatBytes, parseCount, parseSize } from '../../base/size.js';
 import { type DevId, MAX_DEV_ID } from '../../base/units.js';
-import { defaultConfig, type PoolConfig } from '../../pool/config.js';
-import { statusLines } from '../../pool/status.js';
-import { IO_PIECE } from '../ops.js';
+import type { PoolConfig } from '../../pool/config.js';
 import { callOp, withSession } from './session.js';
-import { checkBlockSize, checkDataSize, checkDeviceSize, checkMetadataSize } from '../../pool/validate.js';
 import { dumpCommand, restoreCommand, checkCommand } from './metadata-commands.js';
 import { makeOut, type Out, reportError, table } from './output.js';
 import { serveCommands, withFrozen } from './serve-commands.js';
 import { layerStoreCommands } from './layer-commands.js';
-import { dockerInfo, dockerInfoLines } from '../layers/info.js';
-import { hostSpaceWarning } from '../layers/guards.js';
 import { faultCommands } from './fault-commands.js';
 
 // The `thinfuse` command. Each action parses its arguments, opens the pool
 // (taking its lock), does one thing through the pool API, and prints the
 // result as text or as --json. Errors become one line and an exit status.
+// Engine modules are imported inside the actions that need them: a command
+// sent to a serving daemon then loads little more than commander.
 
 interface Common {
   json?: boolean;
@@ -28,8 +25,9 @@ function devIdArg(text: string): DevId {
   return parseCount(text, 'dev id', MAX_DEV_ID) as DevId;
 }
 
-function deviceSize(text: string): number {
+async function deviceSize(text: string): Promise<number> {
   const n = parseSize(text, 'device size');
+  const { checkDeviceSize } = await import('../../pool/validate.js');
   checkDeviceSize(n);
   return n;
 }
@@ -68,6 +66,9 @@ function poolCommands(program: Command): void {
     .option('--no-discard-passdown', 'unmap on discard but never punch holes in POOL/data')
     .option('--ignore-discard', 'ignore discards')
     .action(run(async (out, dir: string, o: Record<string, string | boolean>) => {
+      const [{ checkBlockSize, checkDataSize, checkMetadataSize }, { defaultConfig }, { hostSpaceWarning }] = await Promise.all([
+        import('../../pool/validate.js'), import('../../pool/config.js'), import('../layers/guards.js'),
+      ]);
       const blockSize = parseSize(String(o.blockSize), '--block-size');
       checkBlockSize(blockSize);
       const dataSize = parseSize(String(o.dataSize), '--data-size');
@@ -124,7 +125,7 @@ function deviceCommands(program: Command): void {
     .requiredOption('--dev-id <id>', 'thin device id')
     .requiredOption('--size <size>', 'virtual size')
     .action(run(async (out, dir: string, name: string, o: { devId: string; size: string }) => {
-      const d = await callOp(dir, 'activate', { name, devId: devIdArg(o.devId), size: deviceSize(o.size) });
+      const d = await callOp(dir, 'activate', { name, devId: devIdArg(o.devId), size: await deviceSize(o.size) });
       out.result(d, [`activated ${d.name} (dev id ${d.devId}, ${formatBytes(d.size)})`]);
     }));
 
@@ -133,7 +134,7 @@ function deviceCommands(program: Command): void {
     .requiredOption('--size <size>', 'virtual size (may exceed the pool)')
     .option('--dev-id <id>', 'thin device id (default: lowest free)')
     .action(run(async (out, dir: string, name: string, o: { size: string; devId?: string }) => {
-      const size = deviceSize(o.size);
+      const size = await deviceSize(o.size);
       const d = await callOp(dir, 'create', o.devId === undefined ? { name, size } : { name, size, devId: devIdArg(o.devId) });
       out.result(d, [`created ${d.name} (dev id ${d.devId}, ${formatBytes(d.size)})`]);
     }));
@@ -143,7 +144,7 @@ function deviceCommands(program: Command): void {
     .option('--size <size>', 'virtual size (default: the origin\'s)')
     .option('--freeze <mounted-dir>', 'fsfreeze the filesystem mounted there around the snapshot')
     .action(run(async (out, dir: string, origin: string, name: string, o: { size?: string; freeze?: string }) => {
-      const size = o.size === undefined ? undefined : deviceSize(o.size);
+      const size = o.size === undefined ? undefined : await deviceSize(o.size);
       const d = await withFrozen(o.freeze, () => callOp(dir, 'snapshot', size === undefined ? { origin, name } : { origin, name, size }));
       out.result(d, [`created snapshot ${d.name} of ${origin} (dev id ${d.devId})`]);
     }));
@@ -177,6 +178,7 @@ function deviceCommands(program: Command): void {
     .description('dmsetup status lines for the pool and its named devices')
     .action(run(async (out, dir: string) => {
       const s = await callOp(dir, 'status', {});
+      const { statusLines } = await import('../../pool/status.js');
       out.result(s, statusLines(s));
     }));
 
@@ -184,6 +186,7 @@ function deviceCommands(program: Command): void {
     .description('pool facts: sizes, features, mode, low-water events, caches')
     .action(run(async (out, dir: string) => {
       const s = await callOp(dir, 'info', {});
+      const { dockerInfo, dockerInfoLines } = await import('../layers/info.js');
       const docker = dockerInfo(dir, s);
       out.result({ ...docker, ...s }, [
         ...dockerInfoLines(docker),
@@ -201,6 +204,7 @@ function ioCommands(program: Command): void {
     .option('--offset <bytes>', 'start', '0')
     .option('--length <bytes>', 'how many (default: to the end)')
     .action(run(async (_out, dir: string, name: string, o: { offset: string; length?: string }) => {
+      const { IO_PIECE } = await import('../ops.js');
       await withSession(dir, async (session) => {
         const d = await session.call('size', { name });
         const offset = parseCount(o.offset, '--offset');
@@ -217,6 +221,7 @@ function ioCommands(program: Command): void {
     .description('write stdin to the device')
     .option('--offset <bytes>', 'start', '0')
     .action(run(async (out, dir: string, name: string, o: { offset: string }) => {
+      const { IO_PIECE } = await import('../ops.js');
       const written = await withSession(dir, async (session) => {
         let at = parseCount(o.offset, '--offset');
         const start = at;
@@ -260,12 +265,13 @@ function ioCommands(program: Command): void {
     .action(run(async (out, dir: string, name: string | undefined, o: { dataSize?: string; metadataSize?: string; size?: string }) => {
       if (name !== undefined) {
         if (o.size === undefined) throw new ThinError('EINVAL_ARG', 'resize POOL NAME needs --size');
-        const size = deviceSize(o.size);
+        const size = await deviceSize(o.size);
         const d = await callOp(dir, 'resizeDevice', { name, size });
         out.result(d, [`${name} is now ${formatBytes(d.size)}`]);
         return;
       }
       if (o.dataSize === undefined && o.metadataSize === undefined) throw new ThinError('EINVAL_ARG', 'resize POOL needs --data-size or --metadata-size');
+      const { checkDataSize, checkMetadataSize } = await import('../../pool/validate.js');
       const args: { dataSize?: number; metadataSize?: number } = {};
       if (o.dataSize !== undefined) args.dataSize = parseSize(o.dataSize, '--data-size');
       if (o.metadataSize !== undefined) {

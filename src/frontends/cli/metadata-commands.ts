@@ -4,19 +4,12 @@ import type { Command } from 'commander';
 import { ThinError } from '../../base/errors.js';
 import { parseSize } from '../../base/size.js';
 import { SECTOR } from '../../base/units.js';
-import { FileBacking } from '../../io/file-backing.js';
-import { lockPool } from '../../io/lock.js';
-import { checkMetadata } from '../../pool/check.js';
-import { NEEDS_CHECK, decodeSuperblock, encodeSuperblock } from '../../pool/format.js';
-import { DATA_FILE, METADATA_FILE } from '../../pool/pool.js';
-import { restoreMetadata } from '../../pool/restore.js';
-import { repairPool } from './repair-command.js';
-import { checkMetadataSize } from '../../pool/validate.js';
 import { callOp } from './session.js';
 import type { Out } from './output.js';
 
 // dump, restore and check: the thin_dump / thin_restore / thin_check trio on
-// a pool directory.
+// a pool directory. The engine modules are imported inside the actions, so
+// that other commands start without loading them.
 
 type Run = <A extends unknown[]>(fn: (out: Out, ...args: A) => Promise<void>) => (...args: A) => Promise<void>;
 
@@ -36,6 +29,9 @@ export function restoreCommand(program: Command, run: Run): void {
     .requiredOption('-i, --input <file>', 'XML file, - for stdin')
     .option('--metadata-size <size>', 'size of a new metadata file', '2G')
     .action(run(async (out, dir: string, o: { input: string; metadataSize: string }) => {
+      const [{ FileBacking }, { lockPool }, { DATA_FILE, METADATA_FILE }, { restoreMetadata }, { checkMetadataSize }] = await Promise.all([
+        import('../../io/file-backing.js'), import('../../io/lock.js'), import('../../pool/pool.js'), import('../../pool/restore.js'), import('../../pool/validate.js'),
+      ]);
       const input = o.input === '-' ? process.stdin : fs.createReadStream(o.input);
       if (o.input !== '-' && !fs.existsSync(o.input)) throw new ThinError('EINVAL_ARG', `input file ${o.input} does not exist`);
       fs.mkdirSync(dir, { recursive: true });
@@ -84,6 +80,9 @@ export function checkCommand(program: Command, run: Run): void {
     .option('--data-block-size <size>', 'with --repair: the data block size, when the superblock cannot tell it')
     .option('--transaction-id <n>', 'with --repair: the transaction id, when the superblock cannot tell it')
     .action(run(async (out, dir: string, o: CheckFlags) => {
+      const [{ FileBacking }, { lockPool }, { METADATA_FILE }, { checkMetadata }, { NEEDS_CHECK, decodeSuperblock, encodeSuperblock }] = await Promise.all([
+        import('../../io/file-backing.js'), import('../../io/lock.js'), import('../../pool/pool.js'), import('../../pool/check.js'), import('../../pool/format.js'),
+      ]);
       const metaPath = path.join(dir, METADATA_FILE);
       if (!fs.existsSync(metaPath)) throw new ThinError('POOL_MISSING', `no pool in ${dir} (no metadata file)`);
       if (o.repair || o.output || o.inPlace || o.backup || o.dataBlockSize || o.transactionId) {
@@ -135,5 +134,6 @@ interface CheckFlags {
 async function repairCommand(out: Out, dir: string, o: CheckFlags): Promise<void> {
   if (!o.repair) throw new ThinError('EINVAL_ARG', '--output, --in-place, --backup, --data-block-size and --transaction-id go with --repair');
   if (o.clearNeedsCheckFlag) throw new ThinError('EINVAL_ARG', '--repair clears needs_check by itself when the result is consistent; drop --clear-needs-check-flag');
+  const { repairPool } = await import('./repair-command.js');
   await repairPool(out, dir, o);
 }

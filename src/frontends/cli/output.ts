@@ -1,4 +1,5 @@
-import cliProgress from 'cli-progress';
+import type CliProgress from 'cli-progress';
+import { createRequire } from 'node:module';
 import { isThinError, type ErrorCode } from '../../base/errors.js';
 
 // The CLI's edge: results as text or a --json envelope, errors as one line
@@ -19,6 +20,8 @@ export interface Progress {
 }
 
 function progressBar(total: number, unit: string): Progress {
+  // Loaded here, not at the top: only a long command on a terminal draws a bar.
+  const cliProgress = createRequire(import.meta.url)('cli-progress') as typeof CliProgress;
   const bar = new cliProgress.SingleBar({
     stream: process.stderr,
     format: `{bar} {value}/{total} ${unit}`,
