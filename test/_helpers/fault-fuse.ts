@@ -33,6 +33,7 @@ import { spawnSync } from 'node:child_process';
 import type { DevId } from '../../src/base/units.js';
 import { FileBacking } from '../../src/io/file-backing.js';
 import { PoolMetadata } from '../../src/pool/pool-metadata.js';
+import { pattern } from './model.js';
 import { E2E, ENV, MiB, run, type Serve, sleep, tf, tfBuf, tfJson, tfOk } from './serve.js';
 
 const KiB = 1024;
@@ -90,18 +91,6 @@ export interface FuseCell {
 
 //------------------------------------------------------------------------------
 // data
-
-function pattern(seed: number, len: number): Buffer {
-  const b = Buffer.alloc(len);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < len; i += 4) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b.writeUInt32LE(x >>> 0, i);
-  }
-  return b;
-}
 
 const DATA_A = pattern(11, A[1] - A[0]);
 const OLD_T = pattern(12, T[1] - T[0]);

@@ -21,6 +21,7 @@ import { checkMetadata as ourCheck } from '../../src/pool/check.js';
 import { defaultConfig } from '../../src/pool/config.js';
 import { type FaultSpec, PoolFaults } from '../../src/pool/faults.js';
 import { Pool } from '../../src/pool/pool.js';
+import { pattern } from './model.js';
 import { checkMetadata } from './pool.js';
 
 export const KiB = 1024;
@@ -76,18 +77,6 @@ export interface Cell {
 
 //------------------------------------------------------------------------------
 // data patterns
-
-function pattern(seed: number, len: number): Buffer {
-  const b = Buffer.alloc(len);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < len; i += 4) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b.writeUInt32LE(x >>> 0, i);
-  }
-  return b;
-}
 
 const OLD = pattern(1, BASE_BLOCKS * BLOCK);
 const KEEP = pattern(2, MiB);
