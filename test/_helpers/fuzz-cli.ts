@@ -18,7 +18,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CLI } from './cli.js';
-import { type Finding, type FuzzBase, type FuzzFigures, makeCase } from './fuzz.js';
+import { type Finding, type FuzzBase, type FuzzCase, type FuzzFigures, nthCase } from './fuzz.js';
 import { alive, clearDeadFuse, ENV, mountAt, sleep, stopServeSync } from './serve.js';
 
 const live = new Map<number, string>();
@@ -54,7 +54,7 @@ function hashFile(file: string): string {
   }
 }
 
-function writeCase(dir: string, c: ReturnType<typeof makeCase>): void {
+function writeCase(dir: string, c: FuzzCase): void {
   fs.mkdirSync(dir, { recursive: true });
   const fd = fs.openSync(path.join(dir, 'metadata'), 'w');
   fs.ftruncateSync(fd, c.metaSize);
@@ -135,11 +135,7 @@ export async function runCliFuzz(base: FuzzBase, seed: number, cases: number, pr
   const start = Date.now();
   try {
     for (let i = 0; i < cases; i++) {
-      const c = makeCase(base, seed * 1_000_003 + i);
-      for (const w of c.what) {
-        const k = w.split(/[ :(]/)[0]!;
-        f.mutations[k] = (f.mutations[k] ?? 0) + 1;
-      }
+      const c = nthCase(base, seed, i, f);
       const pool = path.join(root, `P${i}`);
       writeCase(pool, c);
       const finding = (step: string, error: string) => f.findings.push({ seed: c.seed, what: c.what, step, error } satisfies Finding);

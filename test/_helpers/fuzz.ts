@@ -475,17 +475,23 @@ export interface FuzzFigures {
   ms: number;
 }
 
+/** Case i of a run with this seed; its mutation kinds are counted into f. */
+export function nthCase(base: FuzzBase, seed: number, i: number, f: FuzzFigures): FuzzCase {
+  const c = makeCase(base, seed * 1_000_003 + i);
+  for (const w of c.what) {
+    const k = w.split(/[ :(]/)[0]!;
+    f.mutations[k] = (f.mutations[k] ?? 0) + 1;
+  }
+  return c;
+}
+
 export async function runFuzz(base: FuzzBase, seed: number, cases: number, progress?: (f: FuzzFigures) => void): Promise<FuzzFigures> {
   const runDir = makeRunDir();
   const f: FuzzFigures = { cases: 0, findings: [], opens: {}, mutations: {}, ms: 0 };
   const start = Date.now();
   try {
     for (let i = 0; i < cases; i++) {
-      const c = makeCase(base, seed * 1_000_003 + i);
-      for (const w of c.what) {
-        const k = w.split(/[ :(]/)[0]!;
-        f.mutations[k] = (f.mutations[k] ?? 0) + 1;
-      }
+      const c = nthCase(base, seed, i, f);
       const r = await runCase(c, runDir);
       f.cases++;
       f.opens[r.open] = (f.opens[r.open] ?? 0) + 1;
