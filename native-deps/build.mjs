@@ -15,9 +15,12 @@
 //     node-gyp-build) resolve by walking up to the project's node_modules.
 //     Needs `patch`, libfuse.so.2 (Debian: libfuse2), and from node_modules
 //     napi-macros' header and fuse-shared-library's fuse headers.
+//  3. native-deps/build/thinfuse-ctl from thinfuse_ctl.c: a plain C client
+//     of a serving daemon's control socket (libc only), for scripts that
+//     cannot afford Node's start-up per command.
 //
 //   node native-deps/build.mjs           build what is out of date
-//   node native-deps/build.mjs --force   always build both
+//   node native-deps/build.mjs --force   always build all three
 //
 // Environment: CC picks the compiler (default: gcc, then cc, then g++ as C),
 // CFLAGS are appended to the compile lines.
@@ -52,6 +55,7 @@ buildAddon('thinfuse_native.c', 'thinfuse_native.node', [
 ]);
 buildAddon('fs_extra.c', 'thinfuse_fs.node', ['lsetxattr', 'lgetxattr', 'llistxattr', 'mknod']);
 buildFuseNative();
+buildProgram('thinfuse_ctl.c', 'thinfuse-ctl');
 
 // --------------------------------------------- 1. thinfuse_native, thinfuse_fs
 
@@ -266,6 +270,41 @@ function findLibfuse(upstreamRequire) {
   }
   if (shared?.lib && fs.existsSync(shared.lib)) return { include, lib: shared.lib, bundled: true };
   die('libfuse.so.2 not found: apt-get install libfuse2');
+}
+
+// ------------------------------------------------------------ 3. thinfuse-ctl
+
+function buildProgram(sourceName, outputName) {
+  const source = path.join(here, sourceName);
+  const output = path.join(outDir, outputName);
+  if (!force && isNewer(output, source)) return;
+
+  const compiler = findCompiler();
+  fs.mkdirSync(outDir, { recursive: true });
+  const tmp = `${output}.${process.pid}.tmp`;
+  const args = [
+    ...compiler.lang,
+    '-std=gnu11',
+    '-O2',
+    '-g',
+    '-Wall',
+    '-Wextra',
+    '-Werror=implicit-function-declaration',
+    ...cflags,
+    '-o',
+    tmp,
+    source,
+  ];
+  compile(compiler, args, path.relative(process.cwd(), source), () => fs.rmSync(tmp, { force: true }));
+
+  // Run it once, so a broken build fails here rather than in a script.
+  const probe = spawnSync(tmp, ['--help'], { encoding: 'utf8' });
+  if (probe.error || probe.status !== 0 || !probe.stdout.startsWith('usage: ')) {
+    fs.rmSync(tmp, { force: true });
+    die(`built ${output} but \`${outputName} --help\` fails: ${probe.error?.message ?? (probe.stderr || `exit ${probe.status ?? probe.signal}`)}`);
+  }
+  fs.renameSync(tmp, output);
+  process.stdout.write(`thinfuse native build: built ${path.relative(process.cwd(), output) || output}\n`);
 }
 
 // ------------------------------------------------------------------ common

@@ -57,6 +57,17 @@
 //    already mapped.
 //  - Errors: a failed or short pread/pwrite falls back to JS, which redoes
 //    the request and reports (or handles) the error as it always did.
+//
+// Speculative entries (src/pool/pool.ts provisions blocks ahead of a
+// sequential writer): an entry may carry a "speculative" bit; every
+// fast-path write marks the slots it wrote in `touched` before it leaves its
+// epoch. JS resets a slot's mark before it publishes a speculative entry
+// there (fresh), and asks fastpath_settle which speculative entries were
+// written: the unwritten ones are removed and drained first, and the mark
+// read again after the drain, so a write that saw the entry is never
+// missed. A speculative entry evicted by an insert is drained and reported
+// the same way. A stray mark (a writer of the slot's previous entry) can
+// only make JS keep a block it could have unmapped.
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -83,7 +94,7 @@ typedef struct {
   _Atomic uint32_t seq;
   /** 0: empty; else (dev + 1) << FP_VB_BITS | vblock. */
   _Atomic uint64_t key;
-  /** data block << 1 | writable. */
+  /** data block << 2 | speculative << 1 | writable. */
   _Atomic uint64_t val;
 } fp_entry_t;
 
@@ -100,6 +111,8 @@ static struct {
   _Atomic int fd;
   uint64_t block_bytes;
   fp_entry_t *table;
+  /** Per slot: a fast-path write landed since JS last reset it. */
+  _Atomic uint8_t *touched;
   fp_dev_t devs[FP_DEVS];
   _Atomic uint64_t epoch;
   _Atomic int64_t inflight[2];
@@ -111,8 +124,12 @@ static inline uint64_t fp_key(uint32_t handle, uint64_t vb) {
   return ((uint64_t) handle << FP_VB_BITS) | vb;
 }
 
+static inline uint32_t fp_index(uint32_t handle, uint64_t vb) {
+  return (uint32_t) ((vb + (uint64_t) handle * FP_DEV_STRIDE) & (FP_TABLE_SIZE - 1));
+}
+
 static inline fp_entry_t *fp_slot(uint32_t handle, uint64_t vb) {
-  return &fp.table[(vb + (uint64_t) handle * FP_DEV_STRIDE) & (FP_TABLE_SIZE - 1)];
+  return &fp.table[fp_index(handle, vb)];
 }
 
 /** A consistent copy of an entry, or 0 if JS is rewriting it. */
@@ -193,7 +210,8 @@ static int fp_io_entered(int writing, const char *path, uint32_t handle, char *b
     uint64_t key, val;
     if (!fp_read_entry(fp_slot(handle, vb), &key, &val) || key != fp_key(handle, vb)) return FP_MISS;
     if (writing && !(val & 1)) return FP_MISS;
-    off_t where = (off_t) ((val >> 1) * bb + within);
+    if (writing) atomic_store_explicit(&fp.touched[fp_index(handle, vb)], 1, memory_order_relaxed);
+    off_t where = (off_t) ((val >> 2) * bb + within);
     if (n > 0 && at[n - 1] + (off_t) plen[n - 1] == where) {
       plen[n - 1] += piece;
     } else {
@@ -253,7 +271,8 @@ NAPI_METHOD(fastpath_configure) {
   if (fd < 0 || block_bytes == 0) return NULL;
   if (fp.table == NULL) {
     fp.table = calloc(FP_TABLE_SIZE, sizeof(fp_entry_t));
-    if (fp.table == NULL) {
+    fp.touched = calloc(FP_TABLE_SIZE, sizeof(_Atomic uint8_t));
+    if (fp.table == NULL || fp.touched == NULL) {
       napi_throw_error(env, NULL, "fast path: cannot allocate its mapping table");
       return NULL;
     }
@@ -288,25 +307,109 @@ NAPI_METHOD(fastpath_enable) {
   return result;
 }
 
-/** fastpath_insert(dev, vblock, dblock, writable): the pool saw this mapping just now. */
+static napi_value fp_triple(napi_env env, double a, double b, double c) {
+  napi_value arr, v;
+  napi_create_array_with_length(env, 3, &arr);
+  double xs[3] = { a, b, c };
+  for (uint32_t i = 0; i < 3; i++) {
+    napi_create_double(env, xs[i], &v);
+    napi_set_element(env, arr, i, v);
+  }
+  return arr;
+}
+
+/**
+ * fastpath_insert(dev, vblock, dblock, writable, speculative, fresh) -> null |
+ * [dev, vblock, touched]: the pool saw this mapping just now. fresh: reset
+ * the slot's write mark first (a new speculative entry). If the insert
+ * evicted another key's speculative entry, answers it and whether it was
+ * written (after draining).
+ */
 NAPI_METHOD(fastpath_insert) {
-  NAPI_ARGV(4)
+  NAPI_ARGV(6)
   NAPI_ARGV_UINT32(dev, 0)
   uint64_t vb = (uint64_t) fp_arg_double(env, argv[1]);
   uint64_t db = (uint64_t) fp_arg_double(env, argv[2]);
-  bool writable = false;
+  bool writable = false, speculative = false, fresh = false;
   napi_get_value_bool(env, argv[3], &writable);
+  napi_get_value_bool(env, argv[4], &speculative);
+  napi_get_value_bool(env, argv[5], &fresh);
   uint32_t handle = dev + 1;
   fp_dev_t *d = &fp.devs[handle % FP_DEVS];
-  if (fp.table == NULL || vb >= ((uint64_t) 1 << FP_VB_BITS) || atomic_load(&d->size) == 0 || atomic_load(&d->handle) != handle) return NULL;
-  fp_entry_t *e = fp_slot(handle, vb);
+  napi_value none;
+  napi_get_null(env, &none);
+  if (fp.table == NULL || vb >= ((uint64_t) 1 << FP_VB_BITS) || atomic_load(&d->size) == 0 || atomic_load(&d->handle) != handle) return none;
+  uint32_t idx = fp_index(handle, vb);
+  fp_entry_t *e = &fp.table[idx];
   uint64_t key = fp_key(handle, vb);
-  uint64_t val = (db << 1) | (writable ? 1 : 0);
+  uint64_t val = (db << 2) | (speculative ? 2 : 0) | (writable ? 1 : 0);
   uint64_t old_key = atomic_load(&e->key);
   uint64_t old_val = atomic_load(&e->val);
+  napi_value evicted = none;
+  if (old_key != 0 && old_key != key && (old_val & 2)) {
+    fp_write_entry(e, 0, 0);
+    fp_drain();
+    int was = atomic_load(&fp.touched[idx]) != 0;
+    evicted = fp_triple(env, (double) ((old_key >> FP_VB_BITS) - 1), (double) (old_key & (((uint64_t) 1 << FP_VB_BITS) - 1)), was);
+  }
+  if (fresh) atomic_store(&fp.touched[idx], 0);
   fp_write_entry(e, key, val);
-  if (old_key == key && (old_val & 1) && old_val != val) fp_drain();
-  return NULL;
+  if (old_key == key && (old_val & 1) && (old_val >> 2) != db) fp_drain();
+  return evicted;
+}
+
+/**
+ * fastpath_settle(pairs) -> number[]: pairs = [dev, vblock, dev, vblock, ...]
+ * of speculative entries. Per pair: 1 = nothing wrote it (the entry is gone
+ * and no fast-path write can reach it), 0 = written (it stays, no longer
+ * speculative), 2 = not in the table as a speculative entry (JS decides).
+ */
+NAPI_METHOD(fastpath_settle) {
+  NAPI_ARGV(1)
+  uint32_t n = 0;
+  napi_get_array_length(env, argv[0], &n);
+  n /= 2;
+  uint8_t *res = calloc(n ? n : 1, 1);
+  uint32_t *idxs = calloc(n ? n : 1, sizeof(uint32_t));
+  if (res == NULL || idxs == NULL) {
+    free(res);
+    free(idxs);
+    napi_throw_error(env, NULL, "fast path: out of memory settling speculative entries");
+    return NULL;
+  }
+  for (uint32_t i = 0; i < n && fp.table != NULL; i++) {
+    napi_value a, b;
+    napi_get_element(env, argv[0], 2 * i, &a);
+    napi_get_element(env, argv[0], 2 * i + 1, &b);
+    uint32_t handle = (uint32_t) fp_arg_double(env, a) + 1;
+    uint64_t vb = (uint64_t) fp_arg_double(env, b);
+    uint32_t idx = fp_index(handle, vb);
+    fp_entry_t *e = &fp.table[idx];
+    uint64_t key = atomic_load(&e->key), val = atomic_load(&e->val);
+    idxs[i] = idx;
+    if (key != fp_key(handle, vb) || !(val & 2)) {
+      res[i] = 2;
+    } else if (atomic_load(&fp.touched[idx])) {
+      fp_write_entry(e, key, val & ~(uint64_t) 2);
+      res[i] = 0;
+    } else {
+      fp_write_entry(e, 0, 0);
+      res[i] = 1;
+    }
+  }
+  if (fp.table == NULL) memset(res, 2, n);
+  fp_drain();
+  napi_value out, v;
+  napi_create_array_with_length(env, n, &out);
+  for (uint32_t i = 0; i < n; i++) {
+    // A write that read the entry before it was removed has finished now.
+    if (res[i] == 1 && atomic_load(&fp.touched[idxs[i]])) res[i] = 0;
+    napi_create_uint32(env, res[i], &v);
+    napi_set_element(env, out, i, v);
+  }
+  free(res);
+  free(idxs);
+  return out;
 }
 
 /**
@@ -350,7 +453,7 @@ NAPI_METHOD(fastpath_revoke) {
       if (writes_only && !(val & 1)) continue;
       if (val & 1) {
         napi_value b;
-        napi_create_double(env, (double) (val >> 1), &b);
+        napi_create_double(env, (double) (val >> 2), &b);
         napi_set_element(env, cleared, ncleared++, b);
       }
       if (writes_only) fp_write_entry(e, key, val & ~(uint64_t) 1);

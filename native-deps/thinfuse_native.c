@@ -211,6 +211,27 @@ static napi_value js_zero_range(napi_env env, napi_callback_info info) {
   return sync_fallocate(env, info, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, "zeroRange");
 }
 
+/*
+ * isHole(fd, offset, length) -> bool: whether the range lies in a hole (so it
+ * reads as zeros), by lseek(SEEK_DATA). The filesystem counts data written
+ * but not yet allocated (delalloc) as data. Any error answers false: the
+ * caller then zeroes as if it did not know.
+ */
+static napi_value js_is_hole(napi_env env, napi_callback_info info) {
+  const char *fn = "isHole";
+  napi_value argv[3], result;
+  int fd;
+  int64_t offset, length;
+  if (!get_args(env, info, 3, argv, fn)) return NULL;
+  if (!get_fd(env, argv[0], fn, "fd", &fd)) return NULL;
+  if (!get_u53(env, argv[1], fn, "offset", &offset)) return NULL;
+  if (!get_u53(env, argv[2], fn, "length", &length)) return NULL;
+  off_t next = lseek(fd, (off_t)offset, SEEK_DATA);
+  bool hole = next < 0 ? errno == ENXIO : (int64_t)next >= offset + length;
+  napi_get_boolean(env, hole, &result);
+  return result;
+}
+
 static napi_value js_fallocate(napi_env env, napi_callback_info info) {
   const char *fn = "fallocate";
   napi_value argv[4];
@@ -456,6 +477,7 @@ NAPI_MODULE_INIT() {
       !export_fn(env, exports, "punchHoleAsync", js_punch_hole_async) ||
       !export_fn(env, exports, "zeroRange", js_zero_range) ||
       !export_fn(env, exports, "fallocate", js_fallocate) ||
+      !export_fn(env, exports, "isHole", js_is_hole) ||
       !export_fn(env, exports, "copyFileRange", js_copy_file_range) ||
       !export_fn(env, exports, "flock", js_flock) ||
       !export_fn(env, exports, "funlock", js_funlock) ||

@@ -228,3 +228,81 @@ test.serial('fast path: JS-path reads through the data cache never return a bloc
   t.is((await serve.stop()).code, 0);
   runOk('thin_check', [`${e.pool}/metadata`]);
 });
+
+// Provisioning ahead (src/pool/pool.ts provisionAhead, fast-path.ts ahead /
+// settle): sequential writers make the pool map blocks before they are
+// written. Snapshots taken mid-stream must hold each writer's prefix and
+// zeros after it (speculative blocks nothing wrote are unmapped before the
+// snapshot), the origin must match the model, and once the daemon has
+// committed, exactly the written blocks are mapped.
+test.serial('fast path: blocks provisioned ahead of sequential writers; snapshots and commits see only what was written', async (t) => {
+  requireSystem();
+  const e = await E2E.start(t, 'thinfuse-fastpath-ahead-');
+  e.createPool('1G', '64M');
+  const size = 64 * MiB;
+  const half = size / 2;
+  const chunk = 128 * 1024;
+  tfOk(['create', e.pool, 'origin', '--size', String(size)]);
+  const serve = await e.serve();
+  const file = `${e.mnt}/origin`;
+  const model = Buffer.alloc(size);
+  // Each writer stops short of its half's end, so blocks past its last write stay unwritten.
+  const lengths = [half - 5 * BLOCK, half - 37 * BLOCK];
+  const progress = [{ done: 0, started: 0 }, { done: 0, started: 0 }];
+  const snaps: Array<{ name: string; before: number[]; after: number[] }> = [];
+  let writing = true;
+  const writerOf = async (w: number) => {
+    const fh = await fs.open(file, 'r+');
+    try {
+      for (let at = 0; at < lengths[w]!; at += chunk) {
+        const data = crypto.randomBytes(Math.min(chunk, lengths[w]! - at));
+        progress[w]!.started = at + data.length;
+        await fh.write(data, 0, data.length, w * half + at);
+        data.copy(model, w * half + at);
+        progress[w]!.done = at + data.length;
+        if ((at / chunk) % 16 === 15) await new Promise((r) => setTimeout(r, 5));
+      }
+    } finally {
+      await fh.close();
+    }
+  };
+  const snapshotter = (async () => {
+    for (let i = 0; writing; i++) {
+      await new Promise((r) => setTimeout(r, 150));
+      if (!writing) break;
+      const before = progress.map((p) => p.done);
+      await tfAsync(['snapshot', e.pool, 'origin', `s${i}`]);
+      snaps.push({ name: `s${i}`, before, after: progress.map((p) => p.started) });
+    }
+  })();
+  try {
+    await Promise.all([writerOf(0), writerOf(1)]);
+  } finally {
+    writing = false;
+    await snapshotter;
+  }
+  t.true(snaps.length >= 1, `${snaps.length} snapshots were taken mid-stream`);
+
+  for (const s of snaps) {
+    const got = await fs.readFile(`${e.mnt}/${s.name}`);
+    for (let w = 0; w < 2; w++) {
+      const region = got.subarray(w * half, (w + 1) * half);
+      const written = model.subarray(w * half, (w + 1) * half);
+      t.true(region.subarray(0, s.before[w]!).equals(written.subarray(0, s.before[w]!)), `${s.name}, writer ${w}: holds what had completed`);
+      t.true(region.subarray(s.after[w]!).equals(Buffer.alloc(half - s.after[w]!)), `${s.name}, writer ${w}: zeros past what had started`);
+    }
+  }
+  t.true((await fs.readFile(file)).equals(model), 'origin read through FUSE matches the model');
+  t.true(tfBuf(['read', e.pool, 'origin']).equals(model), 'origin read through the socket matches the model');
+
+  const status = JSON.parse(tfOk(['status', e.pool, '--json'])).result;
+  t.log(`snapshots ${snaps.length}; fast path ${JSON.stringify(status.fastPath)}`);
+  t.true(status.fastPath.writes > status.fastPath.fallbacks, 'most sequential writes took the fast path');
+  t.is((await serve.stop()).code, 0);
+  runOk('thin_check', [`${e.pool}/metadata`]);
+  tfOk(['check', e.pool]);
+  const origin = JSON.parse(tfOk(['ls', e.pool, '--json'])).result.find((d: { name: string }) => d.name === 'origin');
+  const writtenBlocks = lengths.reduce((n, l) => n + Math.ceil(l / BLOCK), 0);
+  t.is(origin.mappedBytes / BLOCK, writtenBlocks, 'exactly the written blocks stay mapped');
+  t.true(tfBuf(['read', e.pool, 'origin']).equals(model), 'origin after the daemon stopped matches the model');
+});

@@ -5,9 +5,10 @@
 # DIR/pool (sparse data and metadata files), one thin device of the image
 # size, served by `thinfuse serve DIR/pool DIR/mnt` in the foreground with the
 # shipped defaults (64 KiB blocks, block zeroing on, 64M data cache, 32M
-# metadata cache). Snapshots go through the running daemon with the CLI
-# (`thinfuse snapshot POOL CUR NEXT`), one process per snapshot, as a user
-# would run them.
+# metadata cache). Snapshots go through the running daemon, one process per
+# snapshot, with thinfuse-ctl (`thinfuse-ctl POOL snapshot origin=CUR
+# name=NEXT`: the C client of the control socket the README offers scripts;
+# THINFUSE_SNAPSHOT_CLIENT=cli uses `thinfuse snapshot POOL CUR NEXT`).
 #
 # Samples: after every workload the harness records (and once more at
 # teardown) this file appends one JSON line to DIR/samples.jsonl: the
@@ -20,6 +21,8 @@
 #
 # Knobs (environment):
 #   THINFUSE_CLI           the CLI (default: this checkout's dist/frontends/cli/main.js)
+#   THINFUSE_CTL           the C client (default: this checkout's native-deps/build/thinfuse-ctl)
+#   THINFUSE_SNAPSHOT_CLIENT ctl (default) or cli: which client takes snapshots
 #   THINFUSE_SERVE_ARGS    extra `serve` arguments (default none: shipped defaults)
 #   THINFUSE_DATA_SIZE     pool data file size (default 2 x image size, sparse)
 #   THINFUSE_METADATA_SIZE pool metadata file size (default 1G, sparse)
@@ -31,6 +34,8 @@ thinfuse_desc="thinfuse serve: dm-thin pool in TypeScript via patched fuse-nativ
 
 THINFUSE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 : "${THINFUSE_CLI:=$THINFUSE_ROOT/dist/frontends/cli/main.js}"
+: "${THINFUSE_CTL:=$THINFUSE_ROOT/native-deps/build/thinfuse-ctl}"
+: "${THINFUSE_SNAPSHOT_CLIENT:=ctl}"
 : "${THINFUSE_SERVE_ARGS:=}"
 : "${THINFUSE_METADATA_SIZE:=1G}"
 : "${THINFUSE_BENCH_PROF:=}"
@@ -40,6 +45,7 @@ _thinfuse() { node "$THINFUSE_CLI" "$@"; }
 thinfuse_setup() {
   local size="$1" dir="$2" data i pid
   [ -f "$THINFUSE_CLI" ] || { echo "no thinfuse CLI at $THINFUSE_CLI (npm run build)" >&2; return 1; }
+  [ "$THINFUSE_SNAPSHOT_CLIENT" = cli ] || [ -x "$THINFUSE_CTL" ] || { echo "no thinfuse-ctl at $THINFUSE_CTL (npm run build)" >&2; return 1; }
   mkdir -p "$dir/mnt"
   # data: the image size plus as much again (snapshots' copy-on-write, fills),
   # rounded up to 1 MiB; sparse, so only written blocks take host space
@@ -78,7 +84,11 @@ thinfuse_snapshot() {
   n=$(cat "$dir/nsnap")
   for ((i = 1; i <= count; i++)); do
     n=$((n + 1))
-    _thinfuse snapshot "$dir/pool" "$cur" "s$n" > /dev/null || return 1
+    if [ "$THINFUSE_SNAPSHOT_CLIENT" = cli ]; then
+      _thinfuse snapshot "$dir/pool" "$cur" "s$n" > /dev/null || return 1
+    else
+      "$THINFUSE_CTL" "$dir/pool" snapshot origin="$cur" name="s$n" > /dev/null || return 1
+    fi
     cur="s$n"
   done
   echo "$cur" > "$dir/current"

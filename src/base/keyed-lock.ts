@@ -17,6 +17,11 @@ export class KeyedLock {
     };
   }
 
+  /** Whether a request holds (or waits for) the key. */
+  isHeld(key: string): boolean {
+    return this.tails.has(key);
+  }
+
   get size(): number {
     return this.tails.size;
   }

@@ -211,8 +211,32 @@ type ArgOf<F> = F extends (c: OpContext, a: infer A) => unknown ? A : Record<str
 export type OpArgs<K extends OpName> = ArgOf<(typeof OPS)[K]>;
 export type OpResult<K extends OpName> = Awaited<ReturnType<(typeof OPS)[K]>>;
 
+// Arguments come as JSON from any client of the control socket (thinfuse-ctl,
+// scripts), so their types are checked here: a number given as a device name
+// would otherwise reach POOL/devices and crash FUSE's readdir.
+const ARG_TYPES: Record<string, 'string' | 'integer' | 'boolean'> = {
+  name: 'string', origin: 'string', message: 'string', data: 'string',
+  size: 'integer', devId: 'integer', offset: 'integer', length: 'integer', dataSize: 'integer', metadataSize: 'integer',
+  metadataSnap: 'boolean',
+};
+
+function checkArgs(op: string, args: unknown): object {
+  if (args === undefined || args === null) return {};
+  if (typeof args !== 'object' || Array.isArray(args)) throw new ThinError('EINVAL_ARG', `${op}: the arguments must be a JSON object`);
+  for (const [key, v] of Object.entries(args)) {
+    const want = ARG_TYPES[key];
+    if (want === undefined || v === undefined) continue;
+    if (want === 'integer' ? Number.isInteger(v) && (v as number) >= 0 : typeof v === want) continue;
+    const what = want === 'integer' ? 'a whole number >= 0' : `a ${want}`;
+    const got = v === null || typeof v === 'object' ? JSON.stringify(v).slice(0, 40) : `${typeof v} ${JSON.stringify(v).slice(0, 40)}`;
+    throw new ThinError('EINVAL_ARG', `${op}: argument ${key} must be ${what}, not ${got}`);
+  }
+  return args;
+}
+
 export async function runOp(c: OpContext, op: string, args: unknown): Promise<unknown> {
-  const fn = (OPS as Record<string, (c: OpContext, a: unknown) => Promise<unknown>>)[op];
+  // Own keys only: 'constructor' or 'toString' must not reach Object's methods.
+  const fn = Object.hasOwn(OPS, op) ? (OPS as Record<string, (c: OpContext, a: unknown) => Promise<unknown>>)[op] : undefined;
   if (!fn) throw new ThinError('EINVAL_ARG', `unknown operation '${op}'`);
-  return fn(c, args ?? {});
+  return fn(c, checkArgs(op, args));
 }

@@ -18,6 +18,8 @@ export interface BackingFile {
   flushSync(): void;
   /** Deallocates a range; it reads back as zeros. The length is unchanged. */
   punchHole(offset: number, length: number): Promise<void>;
+  /** True only if the range is known to read as zeros without being written (a hole). Optional: absent means never known. */
+  isHole?(offset: number, length: number): boolean;
   /** Copies `length` bytes inside this file, in bounded chunks. */
   copyWithin(from: number, to: number, length: number): Promise<void>;
   /** Sets the length (sparse: growing allocates nothing). */

@@ -155,6 +155,10 @@ export class CachedBacking implements BackingFile {
     }
   }
 
+  isHole(offset: number, length: number): boolean {
+    return this.inner.isHole?.(offset, length) ?? false;
+  }
+
   async punchHole(offset: number, length: number): Promise<void> {
     try {
       await this.inner.punchHole(offset, length);

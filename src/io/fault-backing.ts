@@ -232,6 +232,11 @@ export class FaultBacking extends ForwardingBacking {
     await this.inner.flush();
   }
 
+  /** While faults are set, reads may not return what the file holds: nothing is known. */
+  override isHole(offset: number, length: number): boolean {
+    return this.faults.length === 0 && super.isHole(offset, length);
+  }
+
   override async punchHole(offset: number, length: number): Promise<void> {
     if (this.faults.length === 0) return this.inner.punchHole(offset, length);
     const hits = this.match('write', offset, length);

@@ -131,6 +131,10 @@ export class FileBacking implements BackingFile {
     }
   }
 
+  isHole(offset: number, length: number): boolean {
+    return native.isHole(this.fd, offset, length);
+  }
+
   async copyWithin(from: number, to: number, length: number): Promise<void> {
     try {
       for (let done = 0; done < length; done += IO_CHUNK) {

@@ -31,6 +31,10 @@ export class ForwardingBacking implements BackingFile {
   flushSync(): void {
     this.inner.flushSync();
   }
+  isHole(offset: number, length: number): boolean {
+    return this.inner.isHole?.(offset, length) ?? false;
+  }
+
   punchHole(offset: number, length: number): Promise<void> {
     return this.inner.punchHole(offset, length);
   }

@@ -22,6 +22,8 @@ export interface NativeAddon {
   punchHoleAsync(fd: number, offset: number, length: number): Promise<void>;
   /** fallocate(ZERO_RANGE | KEEP_SIZE). Not every filesystem has it (EOPNOTSUPP): fall back to punchHole. A zero length does nothing. */
   zeroRange(fd: number, offset: number, length: number): void;
+  /** Whether [offset, offset + length) lies in a hole (lseek SEEK_DATA); false on any error. */
+  isHole(fd: number, offset: number, length: number): boolean;
   /** The raw fallocate(2); `mode` is a mask of the FALLOC_FL_* constants. */
   fallocate(fd: number, mode: number, offset: number, length: number): void;
   /**
@@ -118,6 +120,7 @@ export const native: NativeAddon = {
   punchHoleAsync: (fd, offset, length) => rejectOnThrow(() => loadNative().punchHoleAsync(fd, offset, length)),
   zeroRange: (fd, offset, length) => loadNative().zeroRange(fd, offset, length),
   fallocate: (fd, mode, offset, length) => loadNative().fallocate(fd, mode, offset, length),
+  isHole: (fd, offset, length) => loadNative().isHole(fd, offset, length),
   copyFileRange: (fdIn, offIn, fdOut, offOut, length) =>
     rejectOnThrow(() => loadNative().copyFileRange(fdIn, offIn, fdOut, offOut, length)),
   flock: (fd, exclusive, nonBlocking) => loadNative().flock(fd, exclusive, nonBlocking),

@@ -19,9 +19,20 @@ import { ZeroBlocks } from './zero-blocks.js';
 //
 // Concurrency: metadata changes are synchronous and so atomic within a tick.
 // Requests that touch one virtual block are ordered by a per-block lock (the
-// bio prison's role); everything else runs at once. A commit writes while
-// only requests that must change metadata wait (allocation, mapping insert,
-// discard); reads and in-place writes go on.
+// bio prison's role); everything else runs at once. A commit takes its
+// transaction in one synchronous step (prepareCommit), then writes it while
+// the next transaction goes on: as in dm-thin, allocation, data writes and
+// mapping inserts do not wait for the data file's flush. Data blocks freed
+// by a commit in flight are not handed out again until it is durable and
+// their holes are punched (`settling`).
+//
+// Speculative provisioning: when a front end that copies mappings (the
+// FUSE fast path) sees a device written sequentially through unprovisioned
+// blocks, it asks for the blocks ahead to be provisioned now (known-zero
+// blocks only), so the writes that follow land in mapped blocks without
+// waking JS. Before every commit and snapshot the front end reports which
+// of those blocks nothing wrote, and they are unmapped again in the same
+// step: a commit never records a block the device did not write.
 
 export type PoolMode = 'write' | 'out_of_data_space' | 'read_only' | 'fail';
 
@@ -42,6 +53,17 @@ export interface MappingHooks {
   revoke(dev: DevId | undefined, what: { from: number; end: number } | 'all' | 'writes'): void;
   /** The pool is closing its files: forget them. */
   closing(): void;
+  /** How many blocks after vb to provision speculatively (vb was just provisioned by a write). */
+  ahead?(dev: DevId, vb: VirtBlock): number;
+  /** dev:vb -> block was provisioned speculatively (instead of mapped() for it). */
+  speculated?(dev: DevId, vb: VirtBlock, block: DataBlock): void;
+  /** A write through the pool is about to land in dev:vb's mapped block. */
+  wrote?(dev: DevId, vb: VirtBlock): void;
+  /**
+   * The speculative blocks nothing wrote, already made unreachable for
+   * writes outside the pool; the pool unmaps them. Forgets them all.
+   */
+  settle?(): Array<{ dev: DevId; vb: VirtBlock; block: DataBlock }>;
 }
 
 export interface PoolOpenOptions {
@@ -105,6 +127,8 @@ export class Pool {
   lowWaterEvents = 0;
   private lowWaterArmed = true;
   private commitRunning: Promise<void> | undefined;
+  /** Data blocks freed by a commit still in flight: not allocated until it is durable and punched. */
+  private readonly settling = new Set<number>();
   private readonly cells = new KeyedLock();
   /** Serializes changes to device names: the registry has one intent slot. */
   private readonly naming = new KeyedLock();
@@ -260,9 +284,8 @@ export class Pool {
     }
   }
 
-  /** Waits for a running commit; metadata may be changed right after this returns. */
+  /** Metadata may be changed right after this returns (a running commit has already taken its transaction). */
   private async metadataReady(): Promise<void> {
-    while (this.commitRunning) await this.commitRunning;
     this.requireWritable();
   }
 
@@ -272,9 +295,12 @@ export class Pool {
    */
   private async metadataFailed(e: unknown): Promise<never> {
     this.flushError ??= new ThinError('IO_ERROR', `pool ${this.name} aborted its transaction (${(e as Error)?.message}); writes since the last commit may be lost, so flushes fail: close the pool, run thinfuse check`);
+    // A commit in flight would write its superblock over the abort's needs_check.
+    while (this.commitRunning) await this.commitRunning.catch(() => {});
     if (this.mode !== 'fail') {
       try {
         this.hooks?.revoke(undefined, 'all');
+        this.settling.clear();
         this.md.abort();
         await this.md.writeNeedsCheck();
         this.mode = 'read_only';
@@ -364,20 +390,47 @@ export class Pool {
     }
   }
 
+  /** Everything up to md.commit's prepareCommit runs in one synchronous step. */
   private async runCommit(): Promise<void> {
-    const freed = this.md.freedData;
-    this.md.freedData = [];
+    let freed: DataBlock[] = [];
     try {
+      this.settleSpeculative();
+      freed = this.md.freedData;
+      this.md.freedData = [];
+      for (const b of freed) this.settling.add(b);
       const flushData = this.dataDirty;
       this.dataDirty = false;
       await this.md.commit(() => (flushData ? this.flushDataFile() : Promise.resolve()));
     } catch (e) {
       const err = isThinError(e) ? e : new ThinError('IO_ERROR', `commit failed: ${(e as Error).message}`);
       this.commitRunning = undefined;
+      for (const b of freed) this.settling.delete(b);
       return this.metadataFailed(err);
     }
-    await this.punchFreed(freed);
+    try {
+      await this.punchFreed(freed);
+    } finally {
+      for (const b of freed) this.settling.delete(b);
+    }
     if (this.mode === 'out_of_data_space' && this.md.dsm.nrFree > 0) this.leaveNoSpace();
+  }
+
+  /** Unmaps the speculative blocks nothing wrote, now: a front end whose hooks go away first. */
+  async settleSpeculation(): Promise<void> {
+    if (this.mode === 'read_only' || this.mode === 'fail' || this.closed) return;
+    await this.guard(() => this.settleSpeculative());
+  }
+
+  /** Unmaps the speculatively provisioned blocks that nothing wrote (synchronous). */
+  private settleSpeculative(): void {
+    const unwritten = this.hooks?.settle?.() ?? [];
+    for (const s of unwritten) {
+      if (this.md.hasDevice(s.dev) && this.md.lookup(s.dev, s.vb)?.block === s.block) {
+        this.md.removeMapping(s.dev, s.vb);
+        // Nothing wrote it: it still reads as zeros.
+        this.zeros.punchedRun(s.block, 1);
+      }
+    }
   }
 
   /** Returns freed blocks to the host filesystem, now that no commit points at them. */
@@ -402,17 +455,46 @@ export class Pool {
 
   private async allocate(): Promise<DataBlock> {
     for (;;) {
-      const b = await this.change(() => this.canaryReuse() ?? this.md.allocData((x) => this.reading.has(x)));
+      const b = await this.change(() => this.canaryReuse() ?? this.md.allocData(this.skipAlloc));
       if (b !== undefined) {
         this.checkLowWater();
         return b;
       }
       // A commit (ours, or one already running) may free blocks: retry after it.
-      if (this.md.freedData.length > 0 || this.commitRunning) {
+      if (this.md.freedData.length > 0 || this.commitRunning || this.settling.size > 0) {
         await this.commit();
         continue;
       }
       await this.waitForSpace();
+    }
+  }
+
+  /** Blocks a new allocation must not take: being read (a freed block in use), or freed by a commit in flight. */
+  private readonly skipAlloc = (b: number): boolean => this.reading.has(b) || this.settling.has(b);
+
+  /**
+   * Provisions the blocks after vb that the hooks ask for, synchronously, in
+   * the step that mapped vb: only unmapped blocks whose cell no request
+   * holds, only known-zero data blocks (or any, without block zeroing), and
+   * never into the low-water reserve.
+   */
+  private provisionAhead(dev: DevId, vb: VirtBlock, size: number): void {
+    const n = this.hooks?.ahead?.(dev, vb) ?? 0;
+    if (n <= 0 || this.mode !== 'write') return;
+    const zeroing = !this.config.features.skipBlockZeroing;
+    const end = Math.min(vb + 1 + n, Math.ceil(size / this.blockBytes));
+    for (let v = vb + 1; v < end; v++) {
+      if (this.md.dsm.nrFree <= this.config.lowWaterMark + n) return;
+      if (this.cells.isHeld(`${dev}:${v}`) || this.md.lookup(dev, v as VirtBlock)) continue;
+      const candidate = this.md.dsm.findFree(this.skipAlloc);
+      if (candidate === undefined || (zeroing && !this.knownZero(candidate))) return;
+      const b = this.md.allocData(this.skipAlloc)!;
+      this.zeros.written(b);
+      this.md.insertMapping(dev, v as VirtBlock, b);
+      if (this.hooks!.speculated) this.hooks!.speculated(dev, v as VirtBlock, b);
+      else this.hooks!.mapped(dev, v as VirtBlock, b, true);
+      // The next commit flushes the data file: a punched block's hole must be durable before a mapping to it is.
+      this.dataDirty = true;
     }
   }
 
@@ -532,19 +614,20 @@ export class Pool {
     await this.enterDevice(dev);
     try {
       const jobs: Promise<void>[] = [];
-      for (const p of this.pieces(offset, buf.length)) jobs.push(this.writeBlock(dev, p.vb, p.within, buf.subarray(p.at, p.at + p.len)));
+      for (const p of this.pieces(offset, buf.length)) jobs.push(this.writeBlock(dev, p.vb, p.within, buf.subarray(p.at, p.at + p.len), size));
       await Promise.all(jobs);
     } finally {
       this.leaveDevice(dev);
     }
   }
 
-  private async writeBlock(dev: DevId, vb: VirtBlock, within: number, src: Buffer): Promise<void> {
+  private async writeBlock(dev: DevId, vb: VirtBlock, within: number, src: Buffer, size: number): Promise<void> {
     const release = await this.cells.acquire(`${dev}:${vb}`);
     try {
       if (this.mode === 'fail') throw new ThinError('POOL_FAILED', 'the pool has failed; writes are refused');
       const m = await this.guard(() => this.lookupSeen(dev, vb));
       if (m && !this.md.isShared(dev, m)) {
+        this.hooks?.wrote?.(dev, vb);
         await this.writeData(src, m.block * this.blockBytes + within);
         return;
       }
@@ -560,6 +643,7 @@ export class Pool {
       await this.change(() => {
         this.md.insertMapping(dev, vb, nb);
         this.hooks?.mapped(dev, vb, nb, true);
+        this.provisionAhead(dev, vb, size);
       });
     } finally {
       release();
@@ -633,9 +717,14 @@ export class Pool {
       } finally {
         this.reading.dec(from);
       }
-    } else if (!this.config.features.skipBlockZeroing && !this.zeros.isZero(nb)) {
+    } else if (!this.config.features.skipBlockZeroing && !this.knownZero(nb)) {
       await this.zeroBlock(nb);
     }
+  }
+
+  /** Reads as zeros: tracked since open, or a hole in the data file. */
+  private knownZero(b: number): boolean {
+    return this.zeros.isZero(b) || (this.data.isHole?.(b * this.blockBytes, this.blockBytes) ?? false);
   }
 
   private async zeroBlock(b: DataBlock): Promise<void> {
@@ -780,6 +869,7 @@ export class Pool {
       case 'create_snap':
         await this.quiesced(msg.origin, async () => {
           await this.change(() => {
+            this.settleSpeculative();
             this.hooks?.revoke(msg.origin, 'writes');
             this.md.createSnap(msg.dev, msg.origin);
           });
@@ -893,6 +983,7 @@ export class Pool {
       return this.addNamed({ name, devId: id, size: size ?? origin.size }, () =>
         this.quiesced(origin.devId, async () => {
           await this.change(() => {
+            this.settleSpeculative();
             this.hooks?.revoke(origin.devId, 'writes');
             this.md.createSnap(id, origin.devId);
           });

@@ -61,6 +61,7 @@ export class DeviceFs {
    */
   async close(): Promise<void> {
     if (!this.fast) return;
+    await this.pool.settleSpeculation();
     this.fast.close();
     if (this.fast.takeDirty()) await this.pool.data.flush();
   }

@@ -28,6 +28,18 @@ import type { FastPathBinding } from './fuse-native.js';
 // blocks it also copies the next PREFETCH mappings in (same synchronous step
 // as the pool's own lookup, so just as exact).
 //
+// Provisioning ahead: when JS provisions a block right after the previous
+// one of the same device (a sequential writer, or the writer reaching the
+// end of what was provisioned ahead for it), the pool is asked to provision
+// the next `window` blocks now (16, doubling while the writer keeps up, to
+// MAX_AHEAD), so the writes that follow take the fast path. Those blocks are
+// "speculative" until something writes them: the native table marks the
+// slots its writes touch, JS writes report through wrote(). Before every
+// commit and snapshot, settle() hands the pool the unwritten ones to unmap.
+// An entry is `live` while the native table may write it; a revocation of a
+// whole device (or a speculative entry evicted by another insert) settles
+// it natively first and keeps it `cold` (only JS can write it from then on).
+//
 // Only a plain data file (FileBacking, optionally under the data cache and
 // an injector with no faults) qualifies: delays and recording wrap the data
 // file, and all their I/O must go through JS. While `thinfuse fault` has a
@@ -44,6 +56,17 @@ export interface FastPathStats {
 
 /** Mappings copied ahead of a sequential JS-path access. */
 const PREFETCH = 64;
+/** The first and the largest number of blocks provisioned ahead of a sequential writer. */
+const FIRST_AHEAD = 16;
+const MAX_AHEAD = 512;
+
+interface Speculative {
+  dev: DevId;
+  vb: VirtBlock;
+  block: DataBlock;
+  /** In the native table as a speculative entry (else only JS can write it). */
+  live: boolean;
+}
 
 interface DeviceRecord {
   name: string;
@@ -51,6 +74,10 @@ interface DeviceRecord {
   /** The last block JS reported, and the end of what was copied ahead. */
   last: number;
   ahead: number;
+  /** The last block JS provisioned, the end of the last speculative run, the current window. */
+  provisioned: number;
+  speculatedEnd: number;
+  window: number;
 }
 
 export class FastPath implements MappingHooks {
@@ -60,6 +87,7 @@ export class FastPath implements MappingHooks {
   private suspended = false;
   private writable: Uint8Array;
   private closed = false;
+  private readonly speculative = new Map<string, Speculative>();
 
   private constructor(
     private readonly pool: Pool,
@@ -93,7 +121,9 @@ export class FastPath implements MappingHooks {
     if (this.closed) return;
     const r = this.records.get(d.devId);
     if (r && r.name === d.name && r.size === d.size) return;
-    if (this.native.enable(d.devId, d.name, d.size)) this.records.set(d.devId, { name: d.name, size: d.size, last: -2, ahead: 0 });
+    if (this.native.enable(d.devId, d.name, d.size)) {
+      this.records.set(d.devId, { name: d.name, size: d.size, last: -2, ahead: 0, provisioned: -2, speculatedEnd: -1, window: 0 });
+    }
     else this.records.delete(d.devId);
   }
 
@@ -104,6 +134,54 @@ export class FastPath implements MappingHooks {
     const sequential = vb > r.last && vb <= r.last + 2;
     r.last = vb;
     if (sequential && vb + 8 >= r.ahead && !this.prefetching) this.prefetch(dev, r, vb);
+  }
+
+  ahead(dev: DevId, vb: VirtBlock): number {
+    const r = this.records.get(dev);
+    if (this.closed || this.suspended || !r) return 0;
+    const follows = (vb > r.provisioned && vb <= r.provisioned + 2) || (vb >= r.speculatedEnd - 2 && vb <= r.speculatedEnd + 2);
+    r.provisioned = vb;
+    r.window = follows ? Math.min(Math.max(2 * r.window, FIRST_AHEAD), MAX_AHEAD) : 0;
+    return r.window;
+  }
+
+  speculated(dev: DevId, vb: VirtBlock, block: DataBlock): void {
+    const r = this.records.get(dev);
+    if (this.closed || !r) return;
+    this.speculative.set(`${dev}:${vb}`, { dev, vb, block, live: false });
+    r.speculatedEnd = Math.max(r.speculatedEnd, vb + 1);
+    this.insert(dev, vb, block, true);
+  }
+
+  wrote(dev: DevId, vb: VirtBlock): void {
+    this.speculative.delete(`${dev}:${vb}`);
+  }
+
+  settle(): Array<{ dev: DevId; vb: VirtBlock; block: DataBlock }> {
+    if (this.speculative.size === 0) return [];
+    const unwritten = this.settleNative([...this.speculative.values()]);
+    this.speculative.clear();
+    return unwritten;
+  }
+
+  /**
+   * Settles live entries in the native table: written ones leave the map,
+   * unwritten ones turn cold (and their blocks may be cached again). Answers
+   * the unwritten ones, cold ones included.
+   */
+  private settleNative(list: Speculative[]): Speculative[] {
+    const live = list.filter((s) => s.live);
+    const codes = live.length > 0 ? this.native.settle(live.flatMap((s) => [s.dev, s.vb])) : [];
+    live.forEach((s, i) => {
+      if (codes[i] === 1) {
+        s.live = false;
+        this.setWritable(s.block, false);
+        this.cache?.invalidate(s.block * this.pool.blockBytes, this.pool.blockBytes);
+      } else {
+        this.speculative.delete(`${s.dev}:${s.vb}`);
+      }
+    });
+    return list.filter((s) => !s.live && this.speculative.has(`${s.dev}:${s.vb}`));
   }
 
   /** Copies the mappings of the next PREFETCH blocks after vb (a metadata error just stops it). */
@@ -138,12 +216,26 @@ export class FastPath implements MappingHooks {
       this.setWritable(block, true);
       this.cache?.invalidate(block * this.pool.blockBytes, this.pool.blockBytes);
     }
-    this.native.insert(dev, vb, block, writable);
+    const spec = this.speculative.get(`${dev}:${vb}`);
+    const fresh = spec !== undefined && !spec.live;
+    if (spec) spec.live = true;
+    const evicted = this.native.insert(dev, vb, block, writable, spec !== undefined, fresh);
+    if (evicted) this.evicted(evicted[0], evicted[1], evicted[2] !== 0);
+  }
+
+  /** Another insert pushed a speculative entry out of the table (drained). */
+  private evicted(dev: number, vb: number, written: boolean): void {
+    const key = `${dev}:${vb}`;
+    const s = this.speculative.get(key);
+    if (!s) return;
+    if (written) this.speculative.delete(key);
+    else s.live = false;
   }
 
   revoke(dev: DevId | undefined, what: { from: number; end: number } | 'all' | 'writes'): void {
     if (this.closed) return;
     const range = typeof what === 'object' ? what : { from: -1, end: -1 };
+    this.revokeSpeculative(dev, what);
     const cleared = this.native.revoke(dev ?? -1, range.from, range.end, what === 'writes');
     for (const b of cleared) {
       this.setWritable(b, false);
@@ -155,6 +247,17 @@ export class FastPath implements MappingHooks {
     else this.records.delete(dev);
   }
 
+  /** A range is about to be unmapped: forget it; a whole device loses the table: settle it first. */
+  private revokeSpeculative(dev: DevId | undefined, what: { from: number; end: number } | 'all' | 'writes'): void {
+    if (what === 'writes' || this.speculative.size === 0) return;
+    const mine = [...this.speculative.values()].filter((s) => dev === undefined || s.dev === dev);
+    if (what === 'all') {
+      this.settleNative(mine);
+      return;
+    }
+    for (const s of mine) if (s.vb >= what.from && s.vb < what.end) this.speculative.delete(`${s.dev}:${s.vb}`);
+  }
+
   closing(): void {
     this.close();
   }
@@ -163,6 +266,7 @@ export class FastPath implements MappingHooks {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.speculative.clear();
     this.native.configure(-1, 0);
     this.records.clear();
     this.pool.setMappingHooks(undefined);

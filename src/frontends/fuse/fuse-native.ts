@@ -162,8 +162,18 @@ export interface FastPathBinding {
   configure(fd: number, blockBytes: number): void;
   /** (Re)sets a device's record; false if its record slot holds another device (then it stays on the JS path). */
   enable(dev: number, name: string, size: number): boolean;
-  /** The pool saw dev:vblock -> dblock; writable: exclusive and the pool writes. */
-  insert(dev: number, vblock: number, dblock: number, writable: boolean): void;
+  /**
+   * The pool saw dev:vblock -> dblock; writable: exclusive and the pool
+   * writes; speculative: provisioned ahead of a writer (fresh: reset the
+   * slot's write mark first). Answers [dev, vblock, written] when the insert
+   * evicted another speculative entry (drained first), else null.
+   */
+  insert(dev: number, vblock: number, dblock: number, writable: boolean, speculative: boolean, fresh: boolean): [number, number, number] | null;
+  /**
+   * For pairs [dev, vblock, ...] of speculative entries: 1 = unwritten (now
+   * removed, drained), 0 = written (kept), 2 = not in the table as one.
+   */
+  settle(pairs: number[]): number[];
   /**
    * Drops entries of dev (-1: all devices) with from <= vblock < end (both -1:
    * all), or only their writable bit; waits for fast-path I/O in flight.
