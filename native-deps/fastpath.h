@@ -58,6 +58,15 @@
 //  - Errors: a failed or short pread/pwrite falls back to JS, which redoes
 //    the request and reports (or handles) the error as it always did.
 //
+// fsync: while JS says the pool is `clean` (no metadata change and no data
+// written through JS since the last durable point), an fsync of a device
+// file is one fdatasync of POOL/data, done here (fp_fsync). JS clears
+// `clean` synchronously on any change, before the request that made it is
+// answered, so an fsync that finds it set covers every write answered
+// before it. A failed fdatasync is kept in `flush_errno` (sticky, and it
+// turns `clean` off): the request falls back to JS, which takes the errno
+// and fails the pool's flushes as if its own fdatasync had failed.
+//
 // Speculative entries (src/pool/pool.ts provisions blocks ahead of a
 // sequential writer): an entry may carry a "speculative" bit; every
 // fast-path write marks the slots it wrote in `touched` before it leaves its
@@ -117,6 +126,8 @@ static struct {
   _Atomic uint64_t epoch;
   _Atomic int64_t inflight[2];
   _Atomic int dirty;
+  _Atomic int clean;
+  _Atomic int flush_errno;
   _Atomic uint64_t reads, writes, fallbacks, read_bytes, write_bytes;
 } fp = { .fd = -1 };
 
@@ -190,12 +201,19 @@ static int fp_full_io(int writing, int fd, char *buf, size_t len, off_t at) {
   return 0;
 }
 
+/** The device's size if the handle's record is this path's device, else 0. */
+static uint64_t fp_device_size(const char *path, uint32_t handle) {
+  fp_dev_t *d = &fp.devs[handle % FP_DEVS];
+  uint64_t size = atomic_load_explicit(&d->size, memory_order_acquire);
+  if (size == 0 || atomic_load(&d->handle) != handle || path[0] != '/' || strcmp(path + 1, d->name) != 0) return 0;
+  return size;
+}
+
 static int fp_io_entered(int writing, const char *path, uint32_t handle, char *buf, size_t len, off_t off) {
   int fd = atomic_load(&fp.fd);
   if (fd < 0) return FP_MISS;
-  fp_dev_t *d = &fp.devs[handle % FP_DEVS];
-  uint64_t size = atomic_load_explicit(&d->size, memory_order_acquire);
-  if (size == 0 || atomic_load(&d->handle) != handle || path[0] != '/' || strcmp(path + 1, d->name) != 0) return FP_MISS;
+  uint64_t size = fp_device_size(path, handle);
+  if (size == 0) return FP_MISS;
   if (len == 0 || off < 0 || (uint64_t) off + len > size) return FP_MISS;
 
   uint64_t bb = fp.block_bytes;
@@ -249,6 +267,33 @@ static int fp_io(int writing, const char *path, struct fuse_file_info *info, cha
   return res;
 }
 
+/** 0 if the fast path made the device durable (one fdatasync), else FP_MISS (then JS must). */
+static int fp_fsync(const char *path, struct fuse_file_info *info) {
+  if (atomic_load_explicit(&fp.fd, memory_order_relaxed) < 0 || info == NULL) return FP_MISS;
+  if (info->fh == 0 || info->fh >= FP_MAX_HANDLE || !atomic_load(&fp.clean)) return FP_MISS;
+  unsigned parity = fp_enter();
+  int res = FP_MISS;
+  int fd = atomic_load(&fp.fd);
+  if (fd >= 0 && atomic_load(&fp.clean) && fp_device_size(path, (uint32_t) info->fh) != 0) {
+    // Taken before the fdatasync: a write completing during it marks it again.
+    atomic_store(&fp.dirty, 0);
+    int rc;
+    do {
+      rc = fdatasync(fd);
+    } while (rc != 0 && errno == EINTR);
+    if (rc == 0) {
+      res = 0;
+    } else {
+      atomic_store(&fp.clean, 0);
+      atomic_store(&fp.dirty, 1);
+      int expected = 0;
+      atomic_compare_exchange_strong(&fp.flush_errno, &expected, errno ? errno : EIO);
+    }
+  }
+  fp_leave(parity);
+  return res;
+}
+
 // ------------------------------------------------------------- N-API (JS thread)
 
 static double fp_arg_double(napi_env env, napi_value v) {
@@ -263,6 +308,7 @@ NAPI_METHOD(fastpath_configure) {
   NAPI_ARGV_INT32(fd, 0)
   NAPI_ARGV_UINT32(block_bytes, 1)
   atomic_store(&fp.fd, -1);
+  atomic_store(&fp.clean, 0);
   for (int i = 0; i < FP_DEVS; i++) atomic_store(&fp.devs[i].size, 0);
   fp_drain();
   if (fp.table != NULL) {
@@ -462,6 +508,22 @@ NAPI_METHOD(fastpath_revoke) {
   }
   fp_drain();
   return cleared;
+}
+
+/** fastpath_set_clean(bool): whether an fsync may be one fdatasync done in the FUSE thread. */
+NAPI_METHOD(fastpath_set_clean) {
+  NAPI_ARGV(1)
+  bool on = false;
+  napi_get_value_bool(env, argv[0], &on);
+  atomic_store(&fp.clean, on && atomic_load(&fp.flush_errno) == 0 ? 1 : 0);
+  return NULL;
+}
+
+/** fastpath_take_flush_error() -> number: the errno of a failed fast-path fdatasync (0: none), once. */
+NAPI_METHOD(fastpath_take_flush_error) {
+  napi_value result;
+  napi_create_int32(env, atomic_exchange(&fp.flush_errno, 0), &result);
+  return result;
 }
 
 /** fastpath_take_dirty() -> bool: whether fast-path writes landed since the last call. */

@@ -212,23 +212,23 @@ static napi_value js_zero_range(napi_env env, napi_callback_info info) {
 }
 
 /*
- * isHole(fd, offset, length) -> bool: whether the range lies in a hole (so it
- * reads as zeros), by lseek(SEEK_DATA). The filesystem counts data written
- * but not yet allocated (delalloc) as data. Any error answers false: the
- * caller then zeroes as if it did not know.
+ * dataFrom(fd, offset) -> number: where the first data at or after offset
+ * lies, by lseek(SEEK_DATA), so [offset, result) is a hole and reads as
+ * zeros. The filesystem counts data written but not yet allocated
+ * (delalloc) as data. No data after offset: 2^53. Any error answers offset
+ * itself (nothing known), so the caller zeroes as if it did not ask.
  */
-static napi_value js_is_hole(napi_env env, napi_callback_info info) {
-  const char *fn = "isHole";
-  napi_value argv[3], result;
+static napi_value js_data_from(napi_env env, napi_callback_info info) {
+  const char *fn = "dataFrom";
+  napi_value argv[2], result;
   int fd;
-  int64_t offset, length;
-  if (!get_args(env, info, 3, argv, fn)) return NULL;
+  int64_t offset;
+  if (!get_args(env, info, 2, argv, fn)) return NULL;
   if (!get_fd(env, argv[0], fn, "fd", &fd)) return NULL;
   if (!get_u53(env, argv[1], fn, "offset", &offset)) return NULL;
-  if (!get_u53(env, argv[2], fn, "length", &length)) return NULL;
   off_t next = lseek(fd, (off_t)offset, SEEK_DATA);
-  bool hole = next < 0 ? errno == ENXIO : (int64_t)next >= offset + length;
-  napi_get_boolean(env, hole, &result);
+  double at = next >= 0 ? (double)next : errno == ENXIO ? MAX_SAFE_INTEGER + 1.0 : (double)offset;
+  napi_create_double(env, at, &result);
   return result;
 }
 
@@ -477,7 +477,7 @@ NAPI_MODULE_INIT() {
       !export_fn(env, exports, "punchHoleAsync", js_punch_hole_async) ||
       !export_fn(env, exports, "zeroRange", js_zero_range) ||
       !export_fn(env, exports, "fallocate", js_fallocate) ||
-      !export_fn(env, exports, "isHole", js_is_hole) ||
+      !export_fn(env, exports, "dataFrom", js_data_from) ||
       !export_fn(env, exports, "copyFileRange", js_copy_file_range) ||
       !export_fn(env, exports, "flock", js_flock) ||
       !export_fn(env, exports, "funlock", js_funlock) ||

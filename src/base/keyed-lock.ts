@@ -17,6 +17,18 @@ export class KeyedLock {
     };
   }
 
+  /** The key's release function if nobody holds or waits for it, taken at once (no await); else undefined. */
+  tryAcquire(key: string): (() => void) | undefined {
+    if (this.tails.has(key)) return undefined;
+    let release!: () => void;
+    const tail = new Promise<void>((r) => (release = r));
+    this.tails.set(key, tail);
+    return () => {
+      release();
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    };
+  }
+
   /** Whether a request holds (or waits for) the key. */
   isHeld(key: string): boolean {
     return this.tails.has(key);

@@ -18,8 +18,8 @@ export interface BackingFile {
   flushSync(): void;
   /** Deallocates a range; it reads back as zeros. The length is unchanged. */
   punchHole(offset: number, length: number): Promise<void>;
-  /** True only if the range is known to read as zeros without being written (a hole). Optional: absent means never known. */
-  isHole?(offset: number, length: number): boolean;
+  /** Where the first data at or after offset lies: [offset, result) is a hole and reads as zeros. Optional; absent or offset itself: nothing known. */
+  dataFrom?(offset: number): number;
   /** Copies `length` bytes inside this file, in bounded chunks. */
   copyWithin(from: number, to: number, length: number): Promise<void>;
   /** Sets the length (sparse: growing allocates nothing). */

@@ -155,8 +155,8 @@ export class CachedBacking implements BackingFile {
     }
   }
 
-  isHole(offset: number, length: number): boolean {
-    return this.inner.isHole?.(offset, length) ?? false;
+  dataFrom(offset: number): number {
+    return this.inner.dataFrom?.(offset) ?? offset;
   }
 
   async punchHole(offset: number, length: number): Promise<void> {

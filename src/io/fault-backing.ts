@@ -233,8 +233,8 @@ export class FaultBacking extends ForwardingBacking {
   }
 
   /** While faults are set, reads may not return what the file holds: nothing is known. */
-  override isHole(offset: number, length: number): boolean {
-    return this.faults.length === 0 && super.isHole(offset, length);
+  override dataFrom(offset: number): number {
+    return this.faults.length === 0 ? super.dataFrom(offset) : offset;
   }
 
   override async punchHole(offset: number, length: number): Promise<void> {

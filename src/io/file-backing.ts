@@ -131,8 +131,8 @@ export class FileBacking implements BackingFile {
     }
   }
 
-  isHole(offset: number, length: number): boolean {
-    return native.isHole(this.fd, offset, length);
+  dataFrom(offset: number): number {
+    return native.dataFrom(this.fd, offset);
   }
 
   async copyWithin(from: number, to: number, length: number): Promise<void> {

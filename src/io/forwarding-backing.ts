@@ -31,8 +31,8 @@ export class ForwardingBacking implements BackingFile {
   flushSync(): void {
     this.inner.flushSync();
   }
-  isHole(offset: number, length: number): boolean {
-    return this.inner.isHole?.(offset, length) ?? false;
+  dataFrom(offset: number): number {
+    return this.inner.dataFrom?.(offset) ?? offset;
   }
 
   punchHole(offset: number, length: number): Promise<void> {

@@ -22,8 +22,8 @@ export interface NativeAddon {
   punchHoleAsync(fd: number, offset: number, length: number): Promise<void>;
   /** fallocate(ZERO_RANGE | KEEP_SIZE). Not every filesystem has it (EOPNOTSUPP): fall back to punchHole. A zero length does nothing. */
   zeroRange(fd: number, offset: number, length: number): void;
-  /** Whether [offset, offset + length) lies in a hole (lseek SEEK_DATA); false on any error. */
-  isHole(fd: number, offset: number, length: number): boolean;
+  /** Where the first data at or after offset lies (lseek SEEK_DATA): [offset, result) reads as zeros. 2^53 if none; offset itself on any error. */
+  dataFrom(fd: number, offset: number): number;
   /** The raw fallocate(2); `mode` is a mask of the FALLOC_FL_* constants. */
   fallocate(fd: number, mode: number, offset: number, length: number): void;
   /**
@@ -120,7 +120,7 @@ export const native: NativeAddon = {
   punchHoleAsync: (fd, offset, length) => rejectOnThrow(() => loadNative().punchHoleAsync(fd, offset, length)),
   zeroRange: (fd, offset, length) => loadNative().zeroRange(fd, offset, length),
   fallocate: (fd, mode, offset, length) => loadNative().fallocate(fd, mode, offset, length),
-  isHole: (fd, offset, length) => loadNative().isHole(fd, offset, length),
+  dataFrom: (fd, offset) => loadNative().dataFrom(fd, offset),
   copyFileRange: (fdIn, offIn, fdOut, offOut, length) =>
     rejectOnThrow(() => loadNative().copyFileRange(fdIn, offIn, fdOut, offOut, length)),
   flock: (fd, exclusive, nonBlocking) => loadNative().flock(fd, exclusive, nonBlocking),

@@ -143,8 +143,12 @@ export class PoolMetadata {
     return this.changed;
   }
 
+  /** Told of every change (the pool passes it on to a front end that flushes on its own). */
+  onTouch: (() => void) | undefined;
+
   private touch(): void {
     this.changed = true;
+    this.onTouch?.();
   }
 
   //----------------------------------------------------------------------------

@@ -34,6 +34,11 @@ import { ZeroBlocks } from './zero-blocks.js';
 // of those blocks nothing wrote, and they are unmapped again in the same
 // step: a commit never records a block the device did not write.
 
+/** Blocks up to this size are copied on write in one synchronous read and write (copyMerged). */
+const SMALL_COPY = 256 * 1024;
+/** The most free blocks one hole lookup marks as known zero. */
+const HOLE_RUN = 4096;
+
 export type PoolMode = 'write' | 'out_of_data_space' | 'read_only' | 'fail';
 
 /**
@@ -64,6 +69,8 @@ export interface MappingHooks {
    * writes outside the pool; the pool unmaps them. Forgets them all.
    */
   settle?(): Array<{ dev: DevId; vb: VirtBlock; block: DataBlock }>;
+  /** Metadata changed or data was written through the pool: a flush is more than an fdatasync now. */
+  dirtied?(): void;
 }
 
 export interface PoolOpenOptions {
@@ -153,6 +160,8 @@ export class Pool {
    */
   private flushError: ThinError | undefined;
   private dataFlushing: Promise<void> | undefined;
+  /** copyMerged's block buffer. */
+  private copyBuffer: Buffer | undefined;
   /** Writes are waiting because the host filesystem under POOL/data is full. */
   private hostFull = false;
 
@@ -169,6 +178,7 @@ export class Pool {
     this.name = path.basename(path.resolve(dir));
     this.blockBytes = md.dataBlockSize * SECTOR;
     this.zeros = new ZeroBlocks(fresh ? 0 : Math.ceil(data.size() / this.blockBytes));
+    md.onTouch = () => this.hooks?.dirtied?.();
     if (md.needsCheck || config.features.readOnly) this.mode = 'read_only';
   }
 
@@ -178,7 +188,10 @@ export class Pool {
 
   /** read_only takes away writes in place, fail all I/O: copies of mappings are told first. */
   set mode(m: PoolMode) {
-    if (m === 'read_only' || m === 'fail') this.hooks?.revoke(undefined, m === 'fail' ? 'all' : 'writes');
+    if (m === 'read_only' || m === 'fail') {
+      this.hooks?.dirtied?.();
+      this.hooks?.revoke(undefined, m === 'fail' ? 'all' : 'writes');
+    }
     this.currentMode = m;
   }
 
@@ -348,13 +361,17 @@ export class Pool {
     await this.commitRunning;
   }
 
-  /** A FLUSH: commits if metadata changed, else makes completed data writes durable. */
-  async flush(): Promise<void> {
+  /**
+   * A FLUSH: commits if metadata changed, else makes completed data writes
+   * durable. alsoData: writes the pool did not see (the FUSE fast path's)
+   * need the data file flushed too.
+   */
+  async flush(alsoData = false): Promise<void> {
     if (this.flushError) throw this.flushError;
     await this.commit();
     // A commit that another request ran meanwhile may have failed with our writes in it.
     if (this.flushError) throw this.flushError;
-    if (this.dataDirty) {
+    if (this.dataDirty || alsoData) {
       this.dataDirty = false;
       try {
         await this.flushDataFile();
@@ -368,6 +385,23 @@ export class Pool {
     // Another request's data flush, still running, may hold our writes: its outcome is ours.
     if (this.dataFlushing) await this.dataFlushing.catch(() => {});
     if (this.flushError) throw this.flushError;
+  }
+
+  /**
+   * Nothing but writes the pool did not see since the last durable point: a
+   * flush is one fdatasync of the data file (the fast path may do it itself
+   * until dirtied() is called).
+   */
+  isClean(): boolean {
+    return (this.mode === 'write' || this.mode === 'out_of_data_space') && !this.md.hasChanges() && !this.dataDirty &&
+      !this.commitRunning && !this.flushError;
+  }
+
+  /** An fdatasync of the data file done outside the pool failed: as if ours had (sticky, abort, read-only). */
+  async dataFlushFailed(e: Error): Promise<never> {
+    this.flushError ??= new ThinError('IO_ERROR', `flushing ${this.dir}/data failed (${e.message}); every later flush fails too: close the pool, run thinfuse check, reopen`, {}, e);
+    if (this.mode === 'write' || this.mode === 'out_of_data_space') await this.metadataFailed(this.flushError);
+    throw this.flushError;
   }
 
   /** fdatasync of the data file; a failure is remembered (see flushError). */
@@ -386,6 +420,7 @@ export class Pool {
       await this.data.flush();
     } catch (e) {
       this.flushError = new ThinError('IO_ERROR', `flushing ${this.dir}/data failed (${(e as Error).message}); every later flush fails too: close the pool, run thinfuse check, reopen`, {}, e);
+      this.hooks?.dirtied?.();
       throw this.flushError;
     }
   }
@@ -469,6 +504,11 @@ export class Pool {
     }
   }
 
+  private markDataDirty(): void {
+    this.dataDirty = true;
+    this.hooks?.dirtied?.();
+  }
+
   /** Blocks a new allocation must not take: being read (a freed block in use), or freed by a commit in flight. */
   private readonly skipAlloc = (b: number): boolean => this.reading.has(b) || this.settling.has(b);
 
@@ -494,7 +534,7 @@ export class Pool {
       if (this.hooks!.speculated) this.hooks!.speculated(dev, v as VirtBlock, b);
       else this.hooks!.mapped(dev, v as VirtBlock, b, true);
       // The next commit flushes the data file: a punched block's hole must be durable before a mapping to it is.
-      this.dataDirty = true;
+      this.markDataDirty();
     }
   }
 
@@ -634,8 +674,12 @@ export class Pool {
       this.requireWritable();
       const nb = await this.allocate();
       try {
-        await this.prepareBlock(nb, m?.block, within === 0 && src.length === this.blockBytes);
-        await this.writeData(src, nb * this.blockBytes + within);
+        const whole = within === 0 && src.length === this.blockBytes;
+        const merged = m !== undefined && !whole && this.blockBytes <= SMALL_COPY && this.copyMerged(m.block, nb, within, src);
+        if (!merged) {
+          await this.prepareBlock(nb, m?.block, whole);
+          await this.writeData(src, nb * this.blockBytes + within);
+        }
       } catch (e) {
         await this.change(() => this.md.releaseData(nb));
         throw e;
@@ -664,7 +708,7 @@ export class Pool {
         await this.data.write(src, at);
         // Set on completion: a write finishing after a commit's flush began
         // must be flushed by the next commit.
-        this.dataDirty = true;
+        this.markDataDirty();
         if (this.hostFull) this.hostSpaceBack();
         return;
       } catch (e) {
@@ -705,6 +749,38 @@ export class Pool {
     if (this.mode === 'out_of_data_space' && this.md.dsm.nrFree > 0) this.leaveNoSpace();
   }
 
+  /**
+   * Copy-on-write of a small block in one synchronous step: read the shared
+   * block, lay the write over it, write the new block whole. Two syscalls on
+   * the JS thread (the shared block is usually in the host's page cache)
+   * instead of two trips through the threadpool, which is most of a
+   * copy-on-write's latency. False (nothing written) when the host
+   * filesystem is full: the caller takes the async path, which waits.
+   */
+  private copyMerged(from: DataBlock, nb: DataBlock, within: number, src: Buffer): boolean {
+    const bytes = this.blockBytes;
+    // One buffer for all: the whole copy runs in this synchronous step.
+    this.copyBuffer ??= Buffer.allocUnsafe(bytes);
+    const block = this.copyBuffer;
+    this.reading.inc(from);
+    try {
+      this.data.readSync(block, from * bytes);
+    } finally {
+      this.reading.dec(from);
+    }
+    src.copy(block, within);
+    this.zeros.written(nb);
+    try {
+      this.data.writeSync(block, nb * bytes);
+    } catch (e) {
+      if (isThinError(e, 'HOST_NO_SPACE')) return false;
+      throw e;
+    }
+    this.markDataDirty();
+    if (this.hostFull) this.hostSpaceBack();
+    return true;
+  }
+
   /** Fills a new block: a copy of the shared one, or zeros, unless the write covers it all. */
   private async prepareBlock(nb: DataBlock, from: DataBlock | undefined, whole: boolean): Promise<void> {
     if (whole) return;
@@ -722,9 +798,22 @@ export class Pool {
     }
   }
 
-  /** Reads as zeros: tracked since open, or a hole in the data file. */
+  /**
+   * Block b (free, about to be provisioned) reads as zeros: tracked since
+   * open, or a hole in the data file. A hole found here also marks the free
+   * blocks after b that it covers (up to HOLE_RUN), so a run of provisioning
+   * asks the filesystem once, not per block. Only free blocks: they have no
+   * write in flight, and any later write marks them again.
+   */
   private knownZero(b: number): boolean {
-    return this.zeros.isZero(b) || (this.data.isHole?.(b * this.blockBytes, this.blockBytes) ?? false);
+    if (this.zeros.isZero(b)) return true;
+    const next = this.data.dataFrom?.(b * this.blockBytes) ?? 0;
+    const end = Math.min(Math.floor(next / this.blockBytes), b + HOLE_RUN, this.md.nrDataBlocks);
+    if (end <= b) return false;
+    for (let x = b + 1; x < end; x++) {
+      if (this.md.dataCount(x as DataBlock) === 0 && !this.settling.has(x)) this.zeros.punchedRun(x, 1);
+    }
+    return true;
   }
 
   private async zeroBlock(b: DataBlock): Promise<void> {
@@ -772,7 +861,10 @@ export class Pool {
   private async unmapBatch(dev: DevId, vbs: VirtBlock[]): Promise<number> {
     const releases: Array<() => void> = [];
     try {
-      for (const vb of vbs) releases.push(await this.cells.acquire(`${dev}:${vb}`));
+      for (const vb of vbs) {
+        const key = `${dev}:${vb}`;
+        releases.push(this.cells.tryAcquire(key) ?? (await this.cells.acquire(key)));
+      }
       return await this.change(() => {
         this.hooks?.revoke(dev, { from: vbs[0]!, end: vbs[vbs.length - 1]! + 1 });
         let n = 0;

@@ -168,10 +168,12 @@ export class DeviceFs {
       flush: (_path: string, _fd: number, cb: Cb) => cb(0),
       fsync: (path: string, _datasync: number, _fd: number, cb: Cb) => {
         this.track('fsync', path.slice(1), cb, async () => {
+          const failed = this.fast?.takeFlushError();
+          if (failed) await this.pool.dataFlushFailed(failed);
           // Taken first: fast-path writes that completed before this fsync set it.
           const fastWrites = this.fast?.takeDirty() ?? false;
-          await this.pool.flush();
-          if (fastWrites) await this.pool.data.flush();
+          await this.pool.flush(fastWrites);
+          this.fast?.offerClean();
           return 0;
         });
       },

@@ -1,3 +1,4 @@
+import os from 'node:os';
 import type { DataBlock, DevId, VirtBlock } from '../../base/units.js';
 import { CachedBacking } from '../../io/cached-backing.js';
 import { FaultBacking } from '../../io/fault-backing.js';
@@ -39,6 +40,13 @@ import type { FastPathBinding } from './fuse-native.js';
 // An entry is `live` while the native table may write it; a revocation of a
 // whole device (or a speculative entry evicted by another insert) settles
 // it natively first and keeps it `cold` (only JS can write it from then on).
+//
+// fsync: after a JS fsync leaves the pool clean (Pool.isClean: nothing to
+// commit, no data written through JS), the native side may answer fsyncs
+// with one fdatasync of its own, until the pool reports any change
+// (dirtied(), synchronous with the change, so before the request that made
+// it is answered). A failed native fdatasync is handed to the pool by the
+// next JS fsync (takeFlushError), which then fails as the pool's own would.
 //
 // Only a plain data file (FileBacking, optionally under the data cache and
 // an injector with no faults) qualifies: delays and recording wrap the data
@@ -88,6 +96,8 @@ export class FastPath implements MappingHooks {
   private writable: Uint8Array;
   private closed = false;
   private readonly speculative = new Map<string, Speculative>();
+  /** What the native side was last told: an fsync may be a lone fdatasync. */
+  private clean = false;
 
   private constructor(
     private readonly pool: Pool,
@@ -202,10 +212,32 @@ export class FastPath implements MappingHooks {
     r.ahead = end;
   }
 
-  /** While suspended (faults on the data file), the table stays empty. */
+  /** While suspended (faults on the data file), the table stays empty and every fsync goes through JS. */
   suspend(on: boolean): void {
+    if (on) this.dirtied();
     if (on && !this.suspended) this.revoke(undefined, 'all');
     this.suspended = on;
+  }
+
+  dirtied(): void {
+    if (!this.clean) return;
+    this.clean = false;
+    this.native.setClean(false);
+  }
+
+  /** After a JS fsync: lets the native side answer the next ones while the pool stays clean. */
+  offerClean(): void {
+    if (this.clean || this.closed || this.suspended || !this.pool.isClean()) return;
+    this.clean = true;
+    this.native.setClean(true);
+  }
+
+  /** A failed native fdatasync since the last call, as an Error (undefined: none). */
+  takeFlushError(): Error | undefined {
+    const errno = this.native.takeFlushError();
+    if (errno === 0) return undefined;
+    this.clean = false;
+    return Object.assign(new Error(`fdatasync: ${errnoName(errno)}`), { errno });
   }
 
   private insert(dev: DevId, vb: VirtBlock, block: DataBlock, exclusive: boolean): void {
@@ -266,6 +298,7 @@ export class FastPath implements MappingHooks {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.clean = false;
     this.speculative.clear();
     this.native.configure(-1, 0);
     this.records.clear();
@@ -297,4 +330,9 @@ export class FastPath implements MappingHooks {
     const byte = this.writable[b >> 3]!;
     this.writable[b >> 3] = on ? byte | (1 << (b & 7)) : byte & ~(1 << (b & 7));
   }
+}
+
+function errnoName(errno: number): string {
+  const name = Object.entries(os.constants.errno).find(([, v]) => v === errno)?.[0];
+  return name ?? `errno ${errno}`;
 }

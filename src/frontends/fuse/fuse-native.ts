@@ -181,6 +181,10 @@ export interface FastPathBinding {
    */
   revoke(dev: number, from: number, end: number, writesOnly: boolean): number[];
   takeDirty(): boolean;
+  /** Whether an fsync may be one fdatasync of the data file done in the FUSE thread (refused after a failed one). */
+  setClean(on: boolean): void;
+  /** The errno of a failed fast-path fdatasync since the last call (0: none). */
+  takeFlushError(): number;
   /** [reads, writes, fallbacks, readBytes, writeBytes] since load. */
   stats(): number[];
 }
