@@ -134,6 +134,8 @@ export class Pool {
   lowWaterEvents = 0;
   private lowWaterArmed = true;
   private commitRunning: Promise<void> | undefined;
+  /** Punches of blocks freed by commits, running after them (see settling). */
+  private punching: Promise<void> = Promise.resolve();
   /** Data blocks freed by a commit still in flight: not allocated until it is durable and punched. */
   private readonly settling = new Set<number>();
   private readonly cells = new KeyedLock();
@@ -279,6 +281,7 @@ export class Pool {
       this.hooks?.closing();
       clearTimeout(this.noSpaceTimer);
       this.failWaiters();
+      await this.punching;
       await this.md.file.close();
       await this.data.close();
       this.lock.release();
@@ -350,8 +353,14 @@ export class Pool {
   //----------------------------------------------------------------------------
   // commit
 
-  /** Commits if anything changed; concurrent callers share one commit. */
+  /** Commits if anything changed (concurrent callers share one commit), then waits for the freed blocks' punches. */
   async commit(): Promise<void> {
+    await this.commitTransaction();
+    await this.punching;
+  }
+
+  /** The commit alone: a flush does not wait for space to go back to the host. */
+  private async commitTransaction(): Promise<void> {
     while (this.commitRunning) await this.commitRunning;
     if (!this.md.hasChanges() || this.mode === 'read_only' || this.mode === 'fail') return;
     const run = this.runCommit();
@@ -368,7 +377,7 @@ export class Pool {
    */
   async flush(alsoData = false): Promise<void> {
     if (this.flushError) throw this.flushError;
-    await this.commit();
+    await this.commitTransaction();
     // A commit that another request ran meanwhile may have failed with our writes in it.
     if (this.flushError) throw this.flushError;
     if (this.dataDirty || alsoData) {
@@ -442,11 +451,12 @@ export class Pool {
       for (const b of freed) this.settling.delete(b);
       return this.metadataFailed(err);
     }
-    try {
-      await this.punchFreed(freed);
-    } finally {
+    // In the background: the commit is durable; its freed blocks stay out of
+    // allocation until their holes are punched.
+    const job = this.punchFreed(freed).catch(() => {}).finally(() => {
       for (const b of freed) this.settling.delete(b);
-    }
+    });
+    this.punching = Promise.all([this.punching, job]).then(() => {});
     if (this.mode === 'out_of_data_space' && this.md.dsm.nrFree > 0) this.leaveNoSpace();
   }
 

@@ -199,7 +199,20 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
         mark({ label: 'ack', data: null });
         count('flush');
       } else if (r < 54) {
-        await p.commit();
+        // Half the time a write runs while the commit is in flight: it lands in
+        // the next transaction (allocation and insert do not wait for the commit).
+        const jobs: Array<Promise<unknown>> = [p.commit()];
+        const d = devices.length > 0 && rng.chance(0.5) ? pick(devices) : undefined;
+        if (d) {
+          const [offset, length] = range(d.size);
+          if (p.md.dsm.nrFree >= blocksTouched(offset, length) + 2) {
+            const data = pattern(seed++, length);
+            mark({ label: 'write', data: { dev: d.devId, offset, data } });
+            jobs.push(p.write(d.devId as DevId, data, offset, d.size));
+            count('write-during-commit');
+          }
+        }
+        await Promise.all(jobs);
         count('commit');
       } else if (r < 62) {
         const d = pick(devices);

@@ -25,6 +25,7 @@ interface ServeFlags {
   cacheSize: string;
   metadataCacheSize: string;
   fastPath: string;
+  readAhead: string;
 }
 
 /** Tells a waiting `serve --daemon` parent how startup went. */
@@ -44,12 +45,13 @@ async function serveForeground(out: Out, dir: string, mountpoint: string, o: Ser
   const cacheBlocks = Math.max(16, Math.floor(parseSize(o.metadataCacheSize, '--metadata-cache-size') / META_BLOCK_SIZE));
   const dataCacheBytes = o.cacheSize === '0' ? 0 : parseSize(o.cacheSize, '--cache-size');
   const fastPath = o.fastPath === 'on' ? true : o.fastPath === 'off' ? false : bad(`--fast-path takes on or off, not '${o.fastPath}'`);
+  const readAheadBytes = parseSize(o.readAhead, '--read-ahead');
   const log = (line: string) => process.stderr.write(`thinfuse serve: ${line}\n`);
   // Imported here, not at the top: every other command would pay for loading FUSE and the engine.
   const { Server: ServerClass } = await import('../daemon/serve.js');
   let server: Server;
   try {
-    server = await ServerClass.start(dir, mountpoint, { cacheBlocks, dataCacheBytes, fastPath, log });
+    server = await ServerClass.start(dir, mountpoint, { cacheBlocks, dataCacheBytes, fastPath, readAheadBytes, log });
   } catch (e) {
     notifyParent(`ERROR ${(e as Error).message}`);
     throw e;
@@ -71,7 +73,7 @@ async function serveDaemon(out: Out, dir: string, mountpoint: string, o: ServeFl
   const logFile = path.resolve(o.logFile ?? path.join(dir, 'serve.log'));
   const logFd = fs.openSync(logFile, 'a');
   const main = fileURLToPath(new URL('./main.js', import.meta.url));
-  const child = spawn(process.execPath, [main, 'serve', dir, mountpoint, '--cache-size', o.cacheSize, '--metadata-cache-size', o.metadataCacheSize, '--fast-path', o.fastPath], {
+  const child = spawn(process.execPath, [main, 'serve', dir, mountpoint, '--cache-size', o.cacheSize, '--metadata-cache-size', o.metadataCacheSize, '--fast-path', o.fastPath, '--read-ahead', o.readAhead], {
     detached: true,
     stdio: ['ignore', logFd, logFd, 'pipe'],
     env: { ...process.env, [READY_FD]: '3' },
@@ -102,6 +104,7 @@ export function serveCommands(program: Command, run: Run): void {
     .option('--cache-size <size>', 'data block read cache (0 for none)', '64M')
     .option('--metadata-cache-size <size>', 'metadata block cache', '32M')
     .option('--fast-path <on|off>', 'serve reads and writes of known, unshared blocks in the FUSE threads, without JS', 'on')
+    .option('--read-ahead <size>', "the mount's read-ahead window (the kernel's default is 128K)", '1M')
     .action(run(async (out, dir: string, mountpoint: string, o: ServeFlags) => {
       if (o.daemon) await serveDaemon(out, dir, mountpoint, o);
       else await serveForeground(out, dir, mountpoint, o);

@@ -21,6 +21,8 @@ export interface ServeOptions {
   dataCacheBytes: number;
   /** The native fast path for mapped reads and writes (default on; off with --fast-path off). */
   fastPath?: boolean;
+  /** Read-ahead of the FUSE mount, in bytes (its bdi's read_ahead_kb); undefined leaves the kernel's 128 KiB. */
+  readAheadBytes?: number;
   log: (line: string) => void;
 }
 
@@ -83,6 +85,26 @@ function lowerOomScore(log: (s: string) => void): void {
   }
 }
 
+/**
+ * Sets the FUSE mount's read-ahead (/sys/class/bdi/MAJ:MIN/read_ahead_kb, as
+ * `blockdev --setra` does for a disk). libfuse 2 cannot ask for requests
+ * larger than 128 KiB, and the kernel's default window is one such request,
+ * so a sequential reader through a loop device waits for each in turn; a
+ * wider window keeps several in flight in the FUSE threads. The device
+ * number comes from mountinfo: a stat of the mountpoint would be a FUSE
+ * request that this (the JS) thread must answer.
+ */
+function setReadAhead(mountpoint: string, bytes: number, log: (s: string) => void): void {
+  const mount = mounts().filter((m) => m.mountpoint === mountpoint).pop();
+  if (!mount) return log(`could not set the mount's read-ahead: ${mountpoint} is not in /proc/self/mountinfo`);
+  const bdi = `/sys/class/bdi/${mount.device}/read_ahead_kb`;
+  try {
+    fs.writeFileSync(bdi, String(Math.max(4, Math.round(bytes / 1024))));
+  } catch (e) {
+    log(`could not set the mount's read-ahead (${bdi}): ${(e as Error).message}`);
+  }
+}
+
 function callback(fn: (cb: (err: Error | null) => void) => void): Promise<void> {
   return new Promise((resolve, reject) => fn((err) => (err ? reject(err) : resolve())));
 }
@@ -121,6 +143,7 @@ export class Server {
       devices = new DeviceFs(pool, { error: (op, name, e) => o.log(`${op} ${name}: ${(e as Error).message}`) }, { fastPath: o.fastPath === false ? undefined : Fuse.fastPath });
       const fuse = new Fuse(mountpoint, devices.ops(), { fsname: mountOptions(pool.name), force: false, mkdir: false, timeout: false });
       await callback((cb) => fuse.mount(cb));
+      if (o.readAheadBytes !== undefined) setReadAhead(mountpoint, o.readAheadBytes, o.log);
       const server = new Server(pool, faults, mountpoint, devices, fuse, undefined, o.log);
       await server.listen();
       server.timer = setInterval(() => void server.tick(), 1000);

@@ -55,6 +55,8 @@ export interface MountEntry {
   mountpoint: string;
   fstype: string;
   source: string;
+  /** The st_dev of the mount, MAJOR:MINOR. */
+  device: string;
 }
 
 /** /proc/self/mountinfo, with octal escapes undone. */
@@ -64,7 +66,7 @@ export function mounts(): MountEntry[] {
     const [left, right] = line.split(' - ');
     const f = left!.split(' ');
     const r = right!.split(' ');
-    return { mountpoint: unescape(f[4]!), fstype: r[0]!, source: unescape(r[1]!) };
+    return { mountpoint: unescape(f[4]!), fstype: r[0]!, source: unescape(r[1]!), device: f[2]! };
   });
 }
 
