@@ -232,24 +232,6 @@ static napi_value js_data_from(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/*
- * startWriteback(fd, offset, length): sync_file_range(SYNC_FILE_RANGE_WRITE),
- * which queues the range's dirty pages for writeback and returns. A hint
- * only (it makes nothing durable): errors are ignored.
- */
-static napi_value js_start_writeback(napi_env env, napi_callback_info info) {
-  const char *fn = "startWriteback";
-  napi_value argv[3];
-  int fd;
-  int64_t offset, length;
-  if (!get_args(env, info, 3, argv, fn)) return NULL;
-  if (!get_fd(env, argv[0], fn, "fd", &fd)) return NULL;
-  if (!get_u53(env, argv[1], fn, "offset", &offset)) return NULL;
-  if (!get_u53(env, argv[2], fn, "length", &length)) return NULL;
-  if (length > 0) (void)sync_file_range(fd, (off64_t)offset, (off64_t)length, SYNC_FILE_RANGE_WRITE);
-  return undefined(env);
-}
-
 static napi_value js_fallocate(napi_env env, napi_callback_info info) {
   const char *fn = "fallocate";
   napi_value argv[4];
@@ -496,7 +478,6 @@ NAPI_MODULE_INIT() {
       !export_fn(env, exports, "zeroRange", js_zero_range) ||
       !export_fn(env, exports, "fallocate", js_fallocate) ||
       !export_fn(env, exports, "dataFrom", js_data_from) ||
-      !export_fn(env, exports, "startWriteback", js_start_writeback) ||
       !export_fn(env, exports, "copyFileRange", js_copy_file_range) ||
       !export_fn(env, exports, "flock", js_flock) ||
       !export_fn(env, exports, "funlock", js_funlock) ||

@@ -20,8 +20,6 @@ export interface BackingFile {
   punchHole(offset: number, length: number): Promise<void>;
   /** Where the first data at or after offset lies: [offset, result) is a hole and reads as zeros. Optional; absent or offset itself: nothing known. */
   dataFrom?(offset: number): number;
-  /** Starts writing the range's completed writes back now, without waiting (a hint; makes nothing durable). Optional. */
-  startWriteback?(offset: number, length: number): void;
   /** Copies `length` bytes inside this file, in bounded chunks. */
   copyWithin(from: number, to: number, length: number): Promise<void>;
   /** Sets the length (sparse: growing allocates nothing). */

@@ -159,10 +159,6 @@ export class CachedBacking implements BackingFile {
     return this.inner.dataFrom?.(offset) ?? offset;
   }
 
-  startWriteback(offset: number, length: number): void {
-    this.inner.startWriteback?.(offset, length);
-  }
-
   async punchHole(offset: number, length: number): Promise<void> {
     try {
       await this.inner.punchHole(offset, length);

@@ -135,10 +135,6 @@ export class FileBacking implements BackingFile {
     return native.dataFrom(this.fd, offset);
   }
 
-  startWriteback(offset: number, length: number): void {
-    native.startWriteback(this.fd, offset, length);
-  }
-
   async copyWithin(from: number, to: number, length: number): Promise<void> {
     try {
       for (let done = 0; done < length; done += IO_CHUNK) {

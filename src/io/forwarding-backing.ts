@@ -35,10 +35,6 @@ export class ForwardingBacking implements BackingFile {
     return this.inner.dataFrom?.(offset) ?? offset;
   }
 
-  startWriteback(offset: number, length: number): void {
-    this.inner.startWriteback?.(offset, length);
-  }
-
   punchHole(offset: number, length: number): Promise<void> {
     return this.inner.punchHole(offset, length);
   }

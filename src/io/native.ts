@@ -24,8 +24,6 @@ export interface NativeAddon {
   zeroRange(fd: number, offset: number, length: number): void;
   /** Where the first data at or after offset lies (lseek SEEK_DATA): [offset, result) reads as zeros. 2^53 if none; offset itself on any error. */
   dataFrom(fd: number, offset: number): number;
-  /** sync_file_range(SYNC_FILE_RANGE_WRITE): starts writeback of the range and returns; a hint, errors ignored. */
-  startWriteback(fd: number, offset: number, length: number): void;
   /** The raw fallocate(2); `mode` is a mask of the FALLOC_FL_* constants. */
   fallocate(fd: number, mode: number, offset: number, length: number): void;
   /**
@@ -123,7 +121,6 @@ export const native: NativeAddon = {
   zeroRange: (fd, offset, length) => loadNative().zeroRange(fd, offset, length),
   fallocate: (fd, mode, offset, length) => loadNative().fallocate(fd, mode, offset, length),
   dataFrom: (fd, offset) => loadNative().dataFrom(fd, offset),
-  startWriteback: (fd, offset, length) => loadNative().startWriteback(fd, offset, length),
   copyFileRange: (fdIn, offIn, fdOut, offOut, length) =>
     rejectOnThrow(() => loadNative().copyFileRange(fdIn, offIn, fdOut, offOut, length)),
   flock: (fd, exclusive, nonBlocking) => loadNative().flock(fd, exclusive, nonBlocking),

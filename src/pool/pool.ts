@@ -786,9 +786,6 @@ export class Pool {
       if (isThinError(e, 'HOST_NO_SPACE')) return false;
       throw e;
     }
-    // The next commit must flush it: start now, so that flush (and the
-    // host's dirty-page throttling of everyone) meets less at once.
-    this.data.startWriteback?.(nb * bytes, bytes);
     this.markDataDirty();
     if (this.hostFull) this.hostSpaceBack();
     return true;
