@@ -259,7 +259,7 @@ static napi_value js_fallocate(napi_env env, napi_callback_info info) {
 
 /* ------------------------------------------------------------- async work */
 
-enum job_kind { JOB_PUNCH, JOB_COPY };
+enum job_kind { JOB_PUNCH, JOB_COPY, JOB_ALLOC };
 
 typedef struct {
   enum job_kind kind;
@@ -275,11 +275,10 @@ typedef struct {
 static void job_execute(napi_env env, void *data) {
   (void)env; /* no N-API calls on the threadpool */
   job_t *job = data;
-  if (job->kind == JOB_PUNCH) {
+  if (job->kind == JOB_PUNCH || job->kind == JOB_ALLOC) {
     job->syscall = "fallocate";
-    if (job->length > 0)
-      job->err = do_fallocate(job->fd_in, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                              job->off_in, job->length);
+    int mode = job->kind == JOB_PUNCH ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_KEEP_SIZE;
+    if (job->length > 0) job->err = do_fallocate(job->fd_in, mode, job->off_in, job->length);
     return;
   }
   job->syscall = "copy_file_range";
@@ -339,6 +338,34 @@ static napi_value queue_job(napi_env env, job_t *job, const char *name) {
     free(job);
   }
   return promise;
+}
+
+/*
+ * preallocateAsync(fd, offset, length) -> Promise<void>: fallocate(KEEP_SIZE)
+ * on the threadpool: holes in the range get allocated, unwritten (reading as
+ * zeros) extents; data already there is untouched. So a later write there
+ * needs no block allocation by the filesystem on the write path.
+ */
+static napi_value js_preallocate_async(napi_env env, napi_callback_info info) {
+  const char *fn = "preallocateAsync";
+  napi_value argv[3];
+  int fd;
+  int64_t offset, length;
+  if (!get_args(env, info, 3, argv, fn)) return NULL;
+  if (!get_fd(env, argv[0], fn, "fd", &fd)) return NULL;
+  if (!get_u53(env, argv[1], fn, "offset", &offset)) return NULL;
+  if (!get_u53(env, argv[2], fn, "length", &length)) return NULL;
+  if (!check_end(env, offset, length, fn)) return NULL;
+  job_t *job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    throw_errno(env, ENOMEM, fn);
+    return NULL;
+  }
+  job->kind = JOB_ALLOC;
+  job->fd_in = fd;
+  job->off_in = offset;
+  job->length = length;
+  return queue_job(env, job, "thinfuse.preallocate");
 }
 
 static napi_value js_punch_hole_async(napi_env env, napi_callback_info info) {
@@ -478,6 +505,7 @@ NAPI_MODULE_INIT() {
       !export_fn(env, exports, "zeroRange", js_zero_range) ||
       !export_fn(env, exports, "fallocate", js_fallocate) ||
       !export_fn(env, exports, "dataFrom", js_data_from) ||
+      !export_fn(env, exports, "preallocateAsync", js_preallocate_async) ||
       !export_fn(env, exports, "copyFileRange", js_copy_file_range) ||
       !export_fn(env, exports, "flock", js_flock) ||
       !export_fn(env, exports, "funlock", js_funlock) ||

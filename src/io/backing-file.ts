@@ -20,6 +20,8 @@ export interface BackingFile {
   punchHole(offset: number, length: number): Promise<void>;
   /** Where the first data at or after offset lies: [offset, result) is a hole and reads as zeros. Optional; absent or offset itself: nothing known. */
   dataFrom?(offset: number): number;
+  /** Allocates the host space of the range's holes (zero-reading), leaving data alone: later writes there allocate nothing. Optional. */
+  preallocate?(offset: number, length: number): Promise<void>;
   /** Copies `length` bytes inside this file, in bounded chunks. */
   copyWithin(from: number, to: number, length: number): Promise<void>;
   /** Sets the length (sparse: growing allocates nothing). */

@@ -159,6 +159,10 @@ export class CachedBacking implements BackingFile {
     return this.inner.dataFrom?.(offset) ?? offset;
   }
 
+  async preallocate(offset: number, length: number): Promise<void> {
+    await this.inner.preallocate?.(offset, length);
+  }
+
   async punchHole(offset: number, length: number): Promise<void> {
     try {
       await this.inner.punchHole(offset, length);

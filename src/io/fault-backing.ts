@@ -233,6 +233,11 @@ export class FaultBacking extends ForwardingBacking {
   }
 
   /** While faults are set, reads may not return what the file holds: nothing is known. */
+  /** Nothing while faults are set: every byte of I/O should meet them as the user set them. */
+  override async preallocate(offset: number, length: number): Promise<void> {
+    if (this.faults.length === 0) await super.preallocate(offset, length);
+  }
+
   override dataFrom(offset: number): number {
     return this.faults.length === 0 ? super.dataFrom(offset) : offset;
   }

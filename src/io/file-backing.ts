@@ -135,6 +135,14 @@ export class FileBacking implements BackingFile {
     return native.dataFrom(this.fd, offset);
   }
 
+  async preallocate(offset: number, length: number): Promise<void> {
+    try {
+      await native.preallocateAsync(this.fd, offset, length);
+    } catch (e) {
+      throw ioError(this.path, 'preallocate', e);
+    }
+  }
+
   async copyWithin(from: number, to: number, length: number): Promise<void> {
     try {
       for (let done = 0; done < length; done += IO_CHUNK) {

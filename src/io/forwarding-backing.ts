@@ -35,6 +35,10 @@ export class ForwardingBacking implements BackingFile {
     return this.inner.dataFrom?.(offset) ?? offset;
   }
 
+  async preallocate(offset: number, length: number): Promise<void> {
+    await this.inner.preallocate?.(offset, length);
+  }
+
   punchHole(offset: number, length: number): Promise<void> {
     return this.inner.punchHole(offset, length);
   }

@@ -24,6 +24,8 @@ export interface NativeAddon {
   zeroRange(fd: number, offset: number, length: number): void;
   /** Where the first data at or after offset lies (lseek SEEK_DATA): [offset, result) reads as zeros. 2^53 if none; offset itself on any error. */
   dataFrom(fd: number, offset: number): number;
+  /** fallocate(KEEP_SIZE) on the threadpool: holes in the range become allocated zero (unwritten) extents; data is untouched. */
+  preallocateAsync(fd: number, offset: number, length: number): Promise<void>;
   /** The raw fallocate(2); `mode` is a mask of the FALLOC_FL_* constants. */
   fallocate(fd: number, mode: number, offset: number, length: number): void;
   /**
@@ -121,6 +123,7 @@ export const native: NativeAddon = {
   zeroRange: (fd, offset, length) => loadNative().zeroRange(fd, offset, length),
   fallocate: (fd, mode, offset, length) => loadNative().fallocate(fd, mode, offset, length),
   dataFrom: (fd, offset) => loadNative().dataFrom(fd, offset),
+  preallocateAsync: (fd, offset, length) => rejectOnThrow(() => loadNative().preallocateAsync(fd, offset, length)),
   copyFileRange: (fdIn, offIn, fdOut, offOut, length) =>
     rejectOnThrow(() => loadNative().copyFileRange(fdIn, offIn, fdOut, offOut, length)),
   flock: (fd, exclusive, nonBlocking) => loadNative().flock(fd, exclusive, nonBlocking),

@@ -36,6 +36,9 @@ import { ZeroBlocks } from './zero-blocks.js';
 
 /** Blocks up to this size are copied on write in one synchronous read and write (copyMerged). */
 const SMALL_COPY = 256 * 1024;
+/** Host space kept allocated ahead of the allocation cursor, in blocks, refilled when fewer than PREALLOC_LOW are left. */
+const PREALLOC_CHUNK = 64;
+const PREALLOC_LOW = 32;
 /** The most free blocks one hole lookup marks as known zero. */
 const HOLE_RUN = 4096;
 
@@ -162,6 +165,9 @@ export class Pool {
    */
   private flushError: ThinError | undefined;
   private dataFlushing: Promise<void> | undefined;
+  /** Data blocks [start, end) whose host space preallocAhead has allocated; its job in flight. */
+  private prealloc = { start: 0, end: 0, off: false };
+  private preallocJob: Promise<void> | undefined;
   /** copyMerged's block buffer. */
   private copyBuffer: Buffer | undefined;
   /** Writes are waiting because the host filesystem under POOL/data is full. */
@@ -282,6 +288,7 @@ export class Pool {
       clearTimeout(this.noSpaceTimer);
       this.failWaiters();
       await this.punching;
+      await this.preallocJob;
       await this.md.file.close();
       await this.data.close();
       this.lock.release();
@@ -502,6 +509,7 @@ export class Pool {
     for (;;) {
       const b = await this.change(() => this.canaryReuse() ?? this.md.allocData(this.skipAlloc));
       if (b !== undefined) {
+        this.preallocAhead();
         this.checkLowWater();
         return b;
       }
@@ -517,6 +525,36 @@ export class Pool {
   private markDataDirty(): void {
     this.dataDirty = true;
     this.hooks?.dirtied?.();
+  }
+
+  /**
+   * Keeps the host space of the next blocks the allocator will hand out
+   * allocated, in the background (fallocate KEEP_SIZE: zero-reading extents,
+   * data untouched). A write into a hole of the data file makes the host
+   * filesystem allocate on the write path (100+ us a 64 KiB block on ext4
+   * here, against ~10 us into allocated space). The data file grows on the
+   * host by at most PREALLOC_CHUNK blocks more than the pool uses; freed
+   * blocks are punched as before. Any failure (EOPNOTSUPP, a full host)
+   * turns it off until the pool is reopened.
+   */
+  private preallocAhead(): void {
+    const p = this.prealloc;
+    if (this.preallocJob || p.off || !this.data.preallocate || this.closed) return;
+    const next = this.md.dsm.nextHint;
+    if (next >= p.start && next + PREALLOC_LOW <= p.end) return;
+    const start = next >= p.start && next < p.end ? p.end : next;
+    const end = Math.min(start + PREALLOC_CHUNK, this.md.nrDataBlocks);
+    if (start >= end) return;
+    this.preallocJob = this.data.preallocate(start * this.blockBytes, (end - start) * this.blockBytes).then(
+      () => {
+        this.prealloc = { start: next < p.start || next >= p.end ? start : p.start, end, off: false };
+      },
+      () => {
+        p.off = true;
+      },
+    ).finally(() => {
+      this.preallocJob = undefined;
+    });
   }
 
   /** Blocks a new allocation must not take: being read (a freed block in use), or freed by a commit in flight. */
@@ -546,6 +584,7 @@ export class Pool {
       // The next commit flushes the data file: a punched block's hole must be durable before a mapping to it is.
       this.markDataDirty();
     }
+    this.preallocAhead();
   }
 
   /** TEST HOOK (canary 'reuse-before-commit'): a block freed in this transaction, taken again. */

@@ -162,6 +162,11 @@ export abstract class SpaceMap {
     return -1;
   }
 
+  /** Where the next search for a free block starts. */
+  get nextHint(): number {
+    return this.cursor;
+  }
+
   /** Takes a free block (count 0 -> 1 is the caller's inc). */
   alloc(skip?: (b: number) => boolean): number | undefined {
     const b = this.findFree(skip);
