@@ -14,6 +14,10 @@ import { ControlServer } from './control.js';
 // second and on every fsync. It stops only when no device file is open, and
 // never unmounts lazily (that would cut filesystems mounted on top loose).
 
+/** How long a stop waits for device files closed just before it to be released. */
+const STOP_GRACE_MS = 1000;
+const STOP_GRACE_STEP_MS = 50;
+
 export interface ServeOptions {
   /** Metadata block cache, in 4 KiB blocks. */
   cacheBlocks: number;
@@ -183,12 +187,26 @@ export class Server {
   }
 
   /**
+   * The device files still open after a short grace: the kernel sends a
+   * file's RELEASE after close(2) (or `losetup -d`) has returned, so a stop
+   * right behind a detach would otherwise find the file still open.
+   */
+  private async openAfterGrace(): Promise<string[]> {
+    for (let waited = 0; ; waited += STOP_GRACE_STEP_MS) {
+      const open = this.devices.openDevices();
+      if (open.length === 0 || waited >= STOP_GRACE_MS) return open;
+      await new Promise((r) => setTimeout(r, STOP_GRACE_STEP_MS));
+    }
+  }
+
+  /**
    * Stops unless a device file is open: finishes running requests, commits,
    * unmounts (never lazily) and closes the pool. Returns false if it refused.
    */
   async stop(): Promise<boolean> {
     if (this.stopping) return false;
-    const open = this.devices.openDevices();
+    const open = await this.openAfterGrace();
+    if (this.stopping) return false;
     if (open.length > 0) {
       this.log(`refusing to stop: device files open: ${open.join(', ')} (detach them first: thinfuse detach POOL NAME)`);
       return false;
