@@ -340,6 +340,28 @@ static napi_value queue_job(napi_env env, job_t *job, const char *name) {
   return promise;
 }
 
+/* An fallocate job on the threadpool for (fd, offset, length) arguments. */
+static napi_value queue_fallocate(napi_env env, napi_callback_info info, enum job_kind kind, const char *fn, const char *name) {
+  napi_value argv[3];
+  int fd;
+  int64_t offset, length;
+  if (!get_args(env, info, 3, argv, fn)) return NULL;
+  if (!get_fd(env, argv[0], fn, "fd", &fd)) return NULL;
+  if (!get_u53(env, argv[1], fn, "offset", &offset)) return NULL;
+  if (!get_u53(env, argv[2], fn, "length", &length)) return NULL;
+  if (!check_end(env, offset, length, fn)) return NULL;
+  job_t *job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    throw_errno(env, ENOMEM, fn);
+    return NULL;
+  }
+  job->kind = kind;
+  job->fd_in = fd;
+  job->off_in = offset;
+  job->length = length;
+  return queue_job(env, job, name);
+}
+
 /*
  * preallocateAsync(fd, offset, length) -> Promise<void>: fallocate(KEEP_SIZE)
  * on the threadpool: holes in the range get allocated, unwritten (reading as
@@ -347,47 +369,11 @@ static napi_value queue_job(napi_env env, job_t *job, const char *name) {
  * needs no block allocation by the filesystem on the write path.
  */
 static napi_value js_preallocate_async(napi_env env, napi_callback_info info) {
-  const char *fn = "preallocateAsync";
-  napi_value argv[3];
-  int fd;
-  int64_t offset, length;
-  if (!get_args(env, info, 3, argv, fn)) return NULL;
-  if (!get_fd(env, argv[0], fn, "fd", &fd)) return NULL;
-  if (!get_u53(env, argv[1], fn, "offset", &offset)) return NULL;
-  if (!get_u53(env, argv[2], fn, "length", &length)) return NULL;
-  if (!check_end(env, offset, length, fn)) return NULL;
-  job_t *job = calloc(1, sizeof *job);
-  if (job == NULL) {
-    throw_errno(env, ENOMEM, fn);
-    return NULL;
-  }
-  job->kind = JOB_ALLOC;
-  job->fd_in = fd;
-  job->off_in = offset;
-  job->length = length;
-  return queue_job(env, job, "thinfuse.preallocate");
+  return queue_fallocate(env, info, JOB_ALLOC, "preallocateAsync", "thinfuse.preallocate");
 }
 
 static napi_value js_punch_hole_async(napi_env env, napi_callback_info info) {
-  const char *fn = "punchHoleAsync";
-  napi_value argv[3];
-  int fd;
-  int64_t offset, length;
-  if (!get_args(env, info, 3, argv, fn)) return NULL;
-  if (!get_fd(env, argv[0], fn, "fd", &fd)) return NULL;
-  if (!get_u53(env, argv[1], fn, "offset", &offset)) return NULL;
-  if (!get_u53(env, argv[2], fn, "length", &length)) return NULL;
-  if (!check_end(env, offset, length, fn)) return NULL;
-  job_t *job = calloc(1, sizeof *job);
-  if (job == NULL) {
-    throw_errno(env, ENOMEM, fn);
-    return NULL;
-  }
-  job->kind = JOB_PUNCH;
-  job->fd_in = fd;
-  job->off_in = offset;
-  job->length = length;
-  return queue_job(env, job, "thinfuse.punchHole");
+  return queue_fallocate(env, info, JOB_PUNCH, "punchHoleAsync", "thinfuse.punchHole");
 }
 
 static napi_value js_copy_file_range(napi_env env, napi_callback_info info) {

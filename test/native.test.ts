@@ -77,6 +77,26 @@ test('punchHoleAsync deallocates too; zero length is a no-op', async (t) => {
   t.true(back.subarray(192 * 1024).equals(data.subarray(192 * 1024)));
 });
 
+test('preallocateAsync allocates holes as zeros and keeps data; dataFrom finds the next data past holes', async (t) => {
+  const file = path.join(tempDir(t), 'data');
+  const fd = openFd(t, file, 'w+');
+  fs.ftruncateSync(fd, 4 * MiB);
+  const data = pattern(64 * 1024, 9);
+  fs.writeSync(fd, data, 0, data.length, 2 * MiB);
+  t.is(native.dataFrom(fd, 0), 2 * MiB, 'the hole before the data');
+  t.is(native.dataFrom(fd, 2 * MiB + 100), 2 * MiB + 100, 'inside data: itself');
+  t.is(native.dataFrom(fd, 3 * MiB), 2 ** 53, 'no data after: 2^53');
+  const before = fs.fstatSync(fd).blocks;
+  await native.preallocateAsync(fd, 0, 4 * MiB);
+  t.true(fs.fstatSync(fd).blocks > before, 'host space allocated');
+  t.is(fs.fstatSync(fd).size, 4 * MiB, 'size unchanged');
+  // Before anything reads it: the filesystem then counts cached pages over unwritten extents as data.
+  t.is(native.dataFrom(fd, 0), 2 * MiB, 'preallocated (unwritten) space still counts as a hole');
+  const back = fs.readFileSync(file);
+  t.true(back.subarray(0, 2 * MiB).equals(Buffer.alloc(2 * MiB)), 'preallocated space reads as zeros');
+  t.true(back.subarray(2 * MiB, 2 * MiB + data.length).equals(data), 'data untouched');
+});
+
 test('zeroRange zeroes (or reports EOPNOTSUPP so callers can fall back)', (t) => {
   const file = path.join(tempDir(t), 'data');
   const fd = openFd(t, file, 'w+');
