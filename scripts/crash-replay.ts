@@ -18,18 +18,7 @@
 import { writeFileSync } from 'node:fs';
 import { CANARIES, type Canary } from '../src/pool/canary.js';
 import { formatReport, KNOWN_BUG_SKIPS, type ReplayOptions, type ReplayReport, runCrashReplay } from '../test/_helpers/crash-harness.js';
-
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : undefined;
-}
-function num(name: string, dflt: number): number {
-  const v = arg(name);
-  if (v === undefined) return dflt;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`--${name} takes a whole number, not ${v}`);
-  return n;
-}
+import { arg, num } from './args.js';
 
 const canary = arg('canary') as Canary | undefined;
 if (canary !== undefined && !CANARIES.includes(canary)) throw new Error(`--canary is one of ${CANARIES.join(', ')}`);

@@ -17,11 +17,7 @@
 import { writeFileSync } from 'node:fs';
 import { FUSE_CELLS, runFuseCaseOutsideAva } from '../test/_helpers/fault-fuse.js';
 import { type CaseResult, CELLS, CONTEXTS, runCase } from '../test/_helpers/fault-matrix.js';
-
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : undefined;
-}
+import { arg } from './args.js';
 
 type Ctx = CaseResult['context'] | 'fio';
 type Result = Omit<CaseResult, 'context'> & { context: Ctx };

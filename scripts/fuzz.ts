@@ -14,18 +14,7 @@
 import fs from 'node:fs';
 import { makeCase, makeFuzzBase, runCase, runFuzz, makeRunDir, type FuzzFigures } from '../test/_helpers/fuzz.js';
 import { runCliFuzz } from '../test/_helpers/fuzz-cli.js';
-
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : undefined;
-}
-function num(name: string, dflt: number): number {
-  const v = arg(name);
-  if (v === undefined) return dflt;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`--${name} takes a whole number, not ${v}`);
-  return n;
-}
+import { arg, num } from './args.js';
 
 const seed = num('seed', 1);
 const base = await makeFuzzBase();
