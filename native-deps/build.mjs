@@ -143,7 +143,7 @@ function buildFuseNative() {
   // Up to date when the stamp matches everything the build reads. (Not mtimes:
   // npm gives every file it unpacks the same old mtime.)
   const hash = createHash('sha256');
-  for (const input of [...files.map((f) => path.join(upstream, f)), patchFile, path.join(here, 'fastpath.h')]) {
+  for (const input of [...files.map((f) => path.join(upstream, f)), patchFile, path.join(here, 'fastpath.h'), path.join(here, 'fusechan.h')]) {
     try {
       hash.update(fs.readFileSync(input));
     } catch (e) {
@@ -192,6 +192,8 @@ function buildFuseNative() {
     '-Wall',
     // What node-gyp (common.gypi) would define. fuse-native.c sets
     // FUSE_USE_VERSION 29 itself; libfuse's headers insist on 64-bit off_t.
+    // _GNU_SOURCE: fastpath.h opens POOL/data again with O_DIRECT.
+    '-D_GNU_SOURCE',
     '-D_FILE_OFFSET_BITS=64',
     '-D_LARGEFILE_SOURCE',
     '-DBUILDING_NODE_EXTENSION',

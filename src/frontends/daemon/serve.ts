@@ -31,15 +31,22 @@ export interface ServeOptions {
 }
 
 /**
- * Mount options: requests of up to 128 KiB (libfuse2's largest), no page
- * cache of our own. The kernel also caps a direct-I/O request at 32 pages of
- * the caller's buffer, so an unaligned write longer than about 124 KiB
- * arrives as two requests (and a snapshot may fall between them, as between
- * two bios of one split write on dm-thin).
+ * Reads of up to 1 MiB in one request, sent at once (FUSE_MAX_PAGES and
+ * FUSE_ASYNC_DIO, which native-deps/fusechan.h adds to libfuse2's INIT
+ * reply). Writes stay at 128 KiB, libfuse2's largest.
+ */
+export const MAX_READ = 1024 * 1024;
+const MAX_WRITE = 128 * 1024;
+
+/**
+ * Mount options: no page cache of our own. The kernel also caps a direct-I/O
+ * write at max_write, so an unaligned write longer than about 124 KiB arrives
+ * as two requests (and a snapshot may fall between them, as between two bios
+ * of one split write on dm-thin).
  */
 export function mountOptions(poolName: string): string {
   const safe = poolName.replace(/[^A-Za-z0-9_.-]/g, '_');
-  return `thinfuse-${safe},big_writes,max_write=131072,max_read=131072,direct_io,attr_timeout=0,entry_timeout=0,negative_timeout=0,default_permissions`;
+  return `thinfuse-${safe},big_writes,max_write=${MAX_WRITE},max_read=${MAX_READ},direct_io,attr_timeout=0,entry_timeout=0,negative_timeout=0,default_permissions`;
 }
 
 function isOurs(fstype: string, source: string): boolean {
@@ -145,6 +152,7 @@ export class Server {
       lowerOomScore(o.log);
       const Fuse = loadFuse();
       devices = new DeviceFs(pool, { error: (op, name, e) => o.log(`${op} ${name}: ${(e as Error).message}`) }, { fastPath: o.fastPath === false ? undefined : Fuse.fastPath });
+      Fuse.transport(1, MAX_READ / 4096);
       const fuse = new Fuse(mountpoint, devices.ops(), { fsname: mountOptions(pool.name), force: false, mkdir: false, timeout: false });
       await callback((cb) => fuse.mount(cb));
       if (o.readAheadBytes !== undefined) setReadAhead(mountpoint, o.readAheadBytes, o.log);

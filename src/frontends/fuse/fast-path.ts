@@ -60,6 +60,8 @@ export interface FastPathStats {
   fallbacks: number;
   readBytes: number;
   writeBytes: number;
+  /** Reads (or pieces of one) that went around the host page cache (O_DIRECT). */
+  directReads: number;
 }
 
 /** Mappings copied ahead of a sequential JS-path access. */
@@ -312,8 +314,8 @@ export class FastPath implements MappingHooks {
   }
 
   stats(): FastPathStats {
-    const [reads, writes, fallbacks, readBytes, writeBytes] = this.native.stats();
-    return { reads: reads!, writes: writes!, fallbacks: fallbacks!, readBytes: readBytes!, writeBytes: writeBytes! };
+    const [reads, writes, fallbacks, readBytes, writeBytes, directReads] = this.native.stats();
+    return { reads: reads!, writes: writes!, fallbacks: fallbacks!, readBytes: readBytes!, writeBytes: writeBytes!, directReads: directReads ?? 0 };
   }
 
   private isWritable(b: number): boolean {

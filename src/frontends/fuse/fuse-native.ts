@@ -185,13 +185,15 @@ export interface FastPathBinding {
   setClean(on: boolean): void;
   /** The errno of a failed fast-path fdatasync since the last call (0: none). */
   takeFlushError(): number;
-  /** [reads, writes, fallbacks, readBytes, writeBytes] since load. */
+  /** [reads, writes, fallbacks, readBytes, writeBytes, directReads] since load. */
   stats(): number[];
 }
 
 export interface FuseConstructor {
   new (mnt: string, ops: FuseOps, opts?: FuseOptions): FuseInstance;
   readonly fastPath: FastPathBinding;
+  /** What the next mount asks the kernel for: async direct I/O, and pages per request (32 = libfuse2's own). */
+  transport(asyncDio: number, maxPages: number): void;
   /** `fusermount -u MNT` (non-lazy) for any FUSE mount. */
   unmount(mnt: string, cb: (err: Error | null) => void): void;
   // Negative errno values (Linux), as fuse-native defines them.

@@ -1,0 +1,171 @@
+// fusechan.h: the /dev/fuse channel thinfuse's patched fuse-native mounts
+// with, #included by fuse-native.c (native-deps/fuse-native.patch).
+//
+// Why: libfuse 2.9 (the libfuse2 fuse-native links) answers the kernel's INIT
+// with protocol 7.19 and knows nothing newer. Two later flags decide how fast
+// a loop device on a FUSE file can go:
+//  - FUSE_ASYNC_DIO (7.22): without it, a direct-I/O read or write of a
+//    device file (our files are opened direct_io) is cut into max_read pieces
+//    sent one after another; the loop driver's worker thread then has one
+//    128 KiB request in flight at a time. With it, the pieces go out at once.
+//  - FUSE_MAX_PAGES (7.28): lifts the kernel's 32-page (128 KiB) cap per
+//    request, so a 1 MiB read is one request instead of eight.
+// Both change only how the kernel splits and schedules requests, not the
+// format of any message libfuse2 parses, so the channel below passes
+// everything through untouched except the INIT reply, where it adds those
+// flags (when the kernel offered them) and the max_pages field.
+//
+// Writes stay at 128 KiB: libfuse2 reads each request into a buffer of
+// about 132 KiB, and it answers INIT with max_write = 128 KiB, which the
+// kernel keeps to. Only reads grow (replies have no such buffer).
+//
+// The channel does what libfuse2's own kernel channel does (read(2) one
+// request, writev(2) one reply, the same error handling), on a dup of the
+// descriptor fuse_mount opened; that channel is destroyed at once (closing
+// the original descriptor), and this one closes its own when destroyed.
+
+#include <fuse_lowlevel.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+// From the kernel's include/uapi/linux/fuse.h.
+#define FC_OP_INIT 26
+#define FC_ASYNC_DIO (1u << 15)
+#define FC_MAX_PAGES (1u << 22)
+/** fuse_in_header: len, opcode, unique, nodeid, uid, gid, pid, padding. */
+#define FC_IN_HEADER 40
+/** fuse_out_header: len, error, unique. */
+#define FC_OUT_HEADER 16
+
+/** fuse_init_out up to and including max_pages (the kernel accepts a shorter reply). */
+typedef struct {
+  uint32_t major;
+  uint32_t minor;
+  uint32_t max_readahead;
+  uint32_t flags;
+  uint16_t max_background;
+  uint16_t congestion_threshold;
+  uint32_t max_write;
+  uint32_t time_gran;
+  uint16_t max_pages;
+  uint16_t map_alignment;
+  uint32_t flags2;
+} fc_init_out_t;
+
+static struct {
+  /** What the mount asks for: set by fuse_transport() before a mount. */
+  int async_dio;
+  uint32_t max_pages;
+  /** INIT as the kernel sent it: its unique id (0 once answered) and the flags it offered. */
+  _Atomic uint64_t init_unique;
+  uint32_t offered;
+} fc = { .async_dio = 1, .max_pages = 256 };
+
+static int fc_receive(struct fuse_chan **chp, char *buf, size_t size) {
+  struct fuse_chan *ch = *chp;
+  struct fuse_session *se = fuse_chan_session(ch);
+  for (;;) {
+    ssize_t n = read(fuse_chan_fd(ch), buf, size);
+    int err = errno;
+    if (fuse_session_exited(se)) return 0;
+    if (n >= 0) {
+      if ((size_t) n < FC_IN_HEADER) return -EIO;
+      uint32_t opcode;
+      memcpy(&opcode, buf + 4, 4);
+      if (opcode == FC_OP_INIT && (size_t) n >= FC_IN_HEADER + 16) {
+        uint64_t unique;
+        memcpy(&unique, buf + 8, 8);
+        memcpy(&fc.offered, buf + FC_IN_HEADER + 12, 4);
+        atomic_store(&fc.init_unique, unique);
+      }
+      return (int) n;
+    }
+    // ENOENT: the request was interrupted before we read it; read the next.
+    if (err == ENOENT) continue;
+    if (err == ENODEV) {
+      fuse_session_exit(se);
+      return 0;
+    }
+    if (err != EINTR && err != EAGAIN) perror("fuse: reading device");
+    return -err;
+  }
+}
+
+/** The INIT reply with the flags and fields added; 0 if iov is not libfuse2's INIT reply. */
+static int fc_extend_init(const struct iovec iov[], size_t count, char *out, size_t *len) {
+  uint64_t unique = atomic_load(&fc.init_unique);
+  if (unique == 0 || count != 2 || iov[0].iov_len != FC_OUT_HEADER || iov[1].iov_len > sizeof(fc_init_out_t)) return 0;
+  uint64_t replying;
+  int32_t error;
+  memcpy(&error, (char *) iov[0].iov_base + 4, 4);
+  memcpy(&replying, (char *) iov[0].iov_base + 8, 8);
+  if (replying != unique || error != 0 || iov[1].iov_len < 24) return 0;
+  atomic_store(&fc.init_unique, 0);
+  fc_init_out_t arg;
+  memset(&arg, 0, sizeof arg);
+  memcpy(&arg, iov[1].iov_base, iov[1].iov_len);
+  if (fc.async_dio && (fc.offered & FC_ASYNC_DIO)) arg.flags |= FC_ASYNC_DIO;
+  if (fc.max_pages > 32 && (fc.offered & FC_MAX_PAGES)) {
+    arg.flags |= FC_MAX_PAGES;
+    arg.max_pages = (uint16_t) fc.max_pages;
+  }
+  uint32_t total = FC_OUT_HEADER + sizeof arg;
+  memcpy(out, iov[0].iov_base, FC_OUT_HEADER);
+  memcpy(out, &total, 4);
+  memcpy(out + FC_OUT_HEADER, &arg, sizeof arg);
+  *len = total;
+  return 1;
+}
+
+static int fc_send(struct fuse_chan *ch, const struct iovec iov[], size_t count) {
+  if (iov == NULL) return 0;
+  char init[FC_OUT_HEADER + sizeof(fc_init_out_t)];
+  size_t init_len;
+  struct iovec one = { init, 0 };
+  if (fc_extend_init(iov, count, init, &init_len)) {
+    one.iov_len = init_len;
+    iov = &one;
+    count = 1;
+  }
+  if (writev(fuse_chan_fd(ch), iov, (int) count) >= 0) return 0;
+  int err = errno;
+  // ENOENT: the request was interrupted and the kernel dropped the reply.
+  if (!fuse_session_exited(fuse_chan_session(ch)) && err != ENOENT) perror("fuse: writing device");
+  return -err;
+}
+
+static void fc_destroy(struct fuse_chan *ch) {
+  int fd = fuse_chan_fd(ch);
+  if (fd >= 0) close(fd);
+}
+
+static struct fuse_chan_ops fc_ops = { .receive = fc_receive, .send = fc_send, .destroy = fc_destroy };
+
+/** Replaces fuse_mount's channel by ours on a dup of its descriptor; on failure keeps it. */
+static struct fuse_chan *fc_wrap(struct fuse_chan *kernel) {
+  if (!fc.async_dio && fc.max_pages <= 32) return kernel;
+  int fd = dup(fuse_chan_fd(kernel));
+  if (fd < 0) return kernel;
+  struct fuse_chan *ch = fuse_chan_new(&fc_ops, fd, fuse_chan_bufsize(kernel), NULL);
+  if (ch == NULL) {
+    close(fd);
+    return kernel;
+  }
+  fuse_chan_destroy(kernel);
+  return ch;
+}
+
+/** fuse_transport(asyncDio, maxPages): what the next mount asks the kernel for (maxPages 32 = libfuse2's own). */
+NAPI_METHOD(fuse_transport) {
+  NAPI_ARGV(2)
+  NAPI_ARGV_INT32(async_dio, 0)
+  NAPI_ARGV_UINT32(max_pages, 1)
+  fc.async_dio = async_dio != 0;
+  fc.max_pages = max_pages < 32 ? 32 : max_pages > 256 ? 256 : max_pages;
+  return NULL;
+}
