@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 // From the kernel's include/uapi/linux/fuse.h.
@@ -64,7 +65,13 @@ static struct {
   /** INIT as the kernel sent it: its unique id (0 once answered) and the flags it offered. */
   _Atomic uint64_t init_unique;
   uint32_t offered;
-} fc = { .async_dio = 1, .max_pages = 256 };
+  /** How long a FUSE thread spins for JS's answer before it sleeps. */
+  uint32_t spin_ns;
+  /** How long the JS thread polls for the next request before it sleeps (fc_js_active). */
+  uint32_t poll_ns;
+  /** 1 while a FUSE thread spins in fc_wait_reply. */
+  _Atomic int spinning;
+} fc = { .async_dio = 1, .max_pages = 256, .spin_ns = 200000, .poll_ns = 200000 };
 
 static int fc_receive(struct fuse_chan **chp, char *buf, size_t size) {
   struct fuse_chan *ch = *chp;
@@ -160,12 +167,79 @@ static struct fuse_chan *fc_wrap(struct fuse_chan *kernel) {
   return ch;
 }
 
-/** fuse_transport(asyncDio, maxPages): what the next mount asks the kernel for (maxPages 32 = libfuse2's own). */
+/**
+ * fuse_transport(asyncDio, maxPages, pollNs): what the next mount asks the
+ * kernel for (maxPages 32 = libfuse2's own), and how long FUSE threads spin
+ * and the JS thread polls for an answer or the next request (0: never).
+ */
 NAPI_METHOD(fuse_transport) {
-  NAPI_ARGV(2)
+  NAPI_ARGV(3)
   NAPI_ARGV_INT32(async_dio, 0)
   NAPI_ARGV_UINT32(max_pages, 1)
+  NAPI_ARGV_UINT32(poll_ns, 2)
   fc.async_dio = async_dio != 0;
   fc.max_pages = max_pages < 32 ? 32 : max_pages > 256 ? 256 : max_pages;
+  fc.spin_ns = poll_ns;
+  fc.poll_ns = poll_ns;
   return NULL;
+}
+
+static inline void fc_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield");
+#endif
+}
+
+/**
+ * Waits for JS to answer a request this FUSE thread handed it. One thread at
+ * a time spins for a while first: on these VMs a sleeping thread takes tens
+ * of microseconds to wake (an IPI through the hypervisor), more than JS takes
+ * for most requests. More spinners would take the CPU JS needs (2 vCPUs).
+ */
+static void fc_wait_reply(uv_sem_t *sem) {
+  int idle = 0;
+  if (fc.spin_ns > 0 && atomic_compare_exchange_strong(&fc.spinning, &idle, 1)) {
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (unsigned i = 1;; i++) {
+      if (uv_sem_trywait(sem) == 0) {
+        atomic_store(&fc.spinning, 0);
+        return;
+      }
+      if ((i & 63) == 0) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long ns = (now.tv_sec - t0.tv_sec) * 1000000000L + (now.tv_nsec - t0.tv_nsec);
+        if (ns > (long) fc.spin_ns) break;
+      }
+      fc_cpu_relax();
+    }
+    atomic_store(&fc.spinning, 0);
+  }
+  uv_sem_wait(sem);
+}
+
+// The JS side of the same wake-up cost: after JS takes or answers a request,
+// its event loop polls (an active uv_idle handle makes libuv poll with a zero
+// timeout) instead of sleeping, until fc.poll_ns pass with no request. The
+// next request's uv_async then finds the JS thread awake.
+static uv_idle_t fc_idle;
+static int fc_idle_ready;
+static uint64_t fc_last_request;
+
+static void fc_idle_check(uv_idle_t *idle) {
+  if (uv_hrtime() - fc_last_request > fc.poll_ns) uv_idle_stop(idle);
+}
+
+/** JS thread only: a request was just taken or answered. */
+static void fc_js_active(void) {
+  if (fc.poll_ns == 0) return;
+  if (!fc_idle_ready) {
+    uv_idle_init(uv_default_loop(), &fc_idle);
+    uv_unref((uv_handle_t *) &fc_idle);
+    fc_idle_ready = 1;
+  }
+  fc_last_request = uv_hrtime();
+  if (!uv_is_active((uv_handle_t *) &fc_idle)) uv_idle_start(&fc_idle, fc_idle_check);
 }

@@ -15,7 +15,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { CLI } from './_helpers/cli.js';
-import { E2E, ENV, MiB, requireSystem, runOk, tfBuf, tfOk } from './_helpers/serve.js';
+import { E2E, ENV, MiB, requireSystem, runOk, tf, tfBuf, tfOk } from './_helpers/serve.js';
 
 const execFileAsync = promisify(execFile);
 const BLOCK = 64 * 1024;
@@ -24,11 +24,11 @@ const WRITERS = 4;
 const SLICE = SIZE / WRITERS;
 const OPS = 120;
 /**
- * The longest write(2) that always reaches the daemon as one FUSE request.
- * The kernel fills a direct-I/O request with at most 32 pages of the
- * caller's buffer (FUSE's default max_pages; libfuse 2 cannot raise it), so
- * a longer write whose buffer does not start on a page boundary becomes two
- * requests, the first at least this long. dm-thin is the same: a snapshot is
+ * A write(2) up to this long always reaches the daemon as one FUSE request.
+ * Writes are cut at max_write (128 KiB; serve raises max_pages only for
+ * reads), and without FUSE_MAX_PAGES at 32 pages of the caller's buffer, so
+ * a longer write whose buffer does not start on a page boundary may become
+ * two requests, the first at least this long. dm-thin is the same: a snapshot is
  * a consistent point of requests (bios), not of system calls, so a snapshot
  * may hold the first request of such a write and not the second.
  */
@@ -192,12 +192,16 @@ test.serial('fast path: writes, punches and discards race snapshots; origin and 
   t.true(tfBuf(['read', e.pool, 'origin']).equals(model), 'origin after the daemon stopped matches the model');
 });
 
-test.serial('fast path: JS-path reads through the data cache never return a block stale after fast-path writes', async (t) => {
+test.serial('fast path: JS-path reads through the data cache never return a block stale after fast-path writes (polling off)', async (t) => {
   requireSystem();
   const e = await E2E.start(t, 'thinfuse-fastpath-cache-');
   e.createPool('1G', '64M');
   tfOk(['create', e.pool, 'd', '--size', String(4 * BLOCK)]);
-  const serve = await e.serve();
+  const bad = tf(['serve', e.pool, e.mnt, '--poll-us', 'soon']);
+  t.not(bad.status, 0, 'a bad --poll-us fails');
+  t.regex(bad.stderr.trim(), /^[^\n]*--poll-us[^\n]*$/, `one line naming the option: ${bad.stderr}`);
+  // Polling off here (the other tests run the default): every JS round trip sleeps and wakes.
+  const serve = await e.serve({ args: ['--poll-us', '0'] });
   const file = `${e.mnt}/d`;
   const fh = await fs.open(file, 'r+');
   try {

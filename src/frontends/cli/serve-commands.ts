@@ -7,6 +7,7 @@ import { ThinError } from '../../base/errors.js';
 import { parseSize } from '../../base/size.js';
 import { META_BLOCK_SIZE } from '../../base/units.js';
 import type { Server } from '../daemon/serve.js';
+import { DEFAULT_POLL_US } from '../fuse/transport.js';
 import { attachLoop, detachLoop, fsfreeze, loopBackingFile, loopsOf } from '../system/loop.js';
 import type { Out } from './output.js';
 import { callOp } from './session.js';
@@ -26,6 +27,7 @@ interface ServeFlags {
   metadataCacheSize: string;
   fastPath: string;
   readAhead: string;
+  pollUs: string;
 }
 
 /** Tells a waiting `serve --daemon` parent how startup went. */
@@ -46,12 +48,13 @@ async function serveForeground(out: Out, dir: string, mountpoint: string, o: Ser
   const dataCacheBytes = o.cacheSize === '0' ? 0 : parseSize(o.cacheSize, '--cache-size');
   const fastPath = o.fastPath === 'on' ? true : o.fastPath === 'off' ? false : bad(`--fast-path takes on or off, not '${o.fastPath}'`);
   const readAheadBytes = parseSize(o.readAhead, '--read-ahead');
+  const pollMicros = /^\d{1,6}$/.test(o.pollUs) ? Number(o.pollUs) : bad(`--poll-us takes a whole number of microseconds (0 turns polling off), not '${o.pollUs}'`);
   const log = (line: string) => process.stderr.write(`thinfuse serve: ${line}\n`);
   // Imported here, not at the top: every other command would pay for loading FUSE and the engine.
   const { Server: ServerClass } = await import('../daemon/serve.js');
   let server: Server;
   try {
-    server = await ServerClass.start(dir, mountpoint, { cacheBlocks, dataCacheBytes, fastPath, readAheadBytes, log });
+    server = await ServerClass.start(dir, mountpoint, { cacheBlocks, dataCacheBytes, fastPath, readAheadBytes, pollMicros, log });
   } catch (e) {
     notifyParent(`ERROR ${(e as Error).message}`);
     throw e;
@@ -73,7 +76,7 @@ async function serveDaemon(out: Out, dir: string, mountpoint: string, o: ServeFl
   const logFile = path.resolve(o.logFile ?? path.join(dir, 'serve.log'));
   const logFd = fs.openSync(logFile, 'a');
   const main = fileURLToPath(new URL('./main.js', import.meta.url));
-  const child = spawn(process.execPath, [main, 'serve', dir, mountpoint, '--cache-size', o.cacheSize, '--metadata-cache-size', o.metadataCacheSize, '--fast-path', o.fastPath, '--read-ahead', o.readAhead], {
+  const child = spawn(process.execPath, [main, 'serve', dir, mountpoint, '--cache-size', o.cacheSize, '--metadata-cache-size', o.metadataCacheSize, '--fast-path', o.fastPath, '--read-ahead', o.readAhead, '--poll-us', o.pollUs], {
     detached: true,
     stdio: ['ignore', logFd, logFd, 'pipe'],
     env: { ...process.env, [READY_FD]: '3' },
@@ -105,6 +108,7 @@ export function serveCommands(program: Command, run: Run): void {
     .option('--metadata-cache-size <size>', 'metadata block cache', '32M')
     .option('--fast-path <on|off>', 'serve reads and writes of known, unshared blocks in the FUSE threads, without JS', 'on')
     .option('--read-ahead <size>', "the mount's read-ahead window (the kernel's default is 128K)", '1M')
+    .option('--poll-us <n>', 'how long FUSE and JS threads poll for work before they sleep: lower latency for a CPU core (0: never)', String(DEFAULT_POLL_US))
     .action(run(async (out, dir: string, mountpoint: string, o: ServeFlags) => {
       if (o.daemon) await serveDaemon(out, dir, mountpoint, o);
       else await serveForeground(out, dir, mountpoint, o);

@@ -5,6 +5,7 @@ import { PoolFaults } from '../../pool/faults.js';
 import { Pool } from '../../pool/pool.js';
 import { DeviceFs } from '../fuse/device-fs.js';
 import { type FuseInstance, loadFuse } from '../fuse/fuse-native.js';
+import { DEFAULT_POLL_US, MAX_READ, MAX_WRITE } from '../fuse/transport.js';
 import { runOp, type ServeHooks } from '../ops.js';
 import { flushBuffers, loopBackingFile, loopsOf, mountOf, mounts, refreshLoop, unmountFuse } from '../system/loop.js';
 import { ControlServer } from './control.js';
@@ -27,16 +28,10 @@ export interface ServeOptions {
   fastPath?: boolean;
   /** Read-ahead of the FUSE mount, in bytes (its bdi's read_ahead_kb); undefined leaves the kernel's 128 KiB. */
   readAheadBytes?: number;
+  /** How long FUSE threads and the JS thread poll before they sleep, in microseconds (default DEFAULT_POLL_US; 0: never). */
+  pollMicros?: number;
   log: (line: string) => void;
 }
-
-/**
- * Reads of up to 1 MiB in one request, sent at once (FUSE_MAX_PAGES and
- * FUSE_ASYNC_DIO, which native-deps/fusechan.h adds to libfuse2's INIT
- * reply). Writes stay at 128 KiB, libfuse2's largest.
- */
-export const MAX_READ = 1024 * 1024;
-const MAX_WRITE = 128 * 1024;
 
 /**
  * Mount options: no page cache of our own. The kernel also caps a direct-I/O
@@ -152,7 +147,7 @@ export class Server {
       lowerOomScore(o.log);
       const Fuse = loadFuse();
       devices = new DeviceFs(pool, { error: (op, name, e) => o.log(`${op} ${name}: ${(e as Error).message}`) }, { fastPath: o.fastPath === false ? undefined : Fuse.fastPath });
-      Fuse.transport(1, MAX_READ / 4096);
+      Fuse.transport(1, MAX_READ / 4096, (o.pollMicros ?? DEFAULT_POLL_US) * 1000);
       const fuse = new Fuse(mountpoint, devices.ops(), { fsname: mountOptions(pool.name), force: false, mkdir: false, timeout: false });
       await callback((cb) => fuse.mount(cb));
       if (o.readAheadBytes !== undefined) setReadAhead(mountpoint, o.readAheadBytes, o.log);

@@ -65,7 +65,7 @@ export interface FastPathStats {
 }
 
 /** Mappings copied ahead of a sequential JS-path access. */
-const PREFETCH = 64;
+const PREFETCH = 512;
 /** The first and the largest number of blocks provisioned ahead of a sequential writer. */
 const FIRST_AHEAD = 16;
 const MAX_AHEAD = 512;

@@ -192,8 +192,12 @@ export interface FastPathBinding {
 export interface FuseConstructor {
   new (mnt: string, ops: FuseOps, opts?: FuseOptions): FuseInstance;
   readonly fastPath: FastPathBinding;
-  /** What the next mount asks the kernel for: async direct I/O, and pages per request (32 = libfuse2's own). */
-  transport(asyncDio: number, maxPages: number): void;
+  /**
+   * What the next mount asks the kernel for: async direct I/O, and pages per
+   * request (32 = libfuse2's own); and how long, in ns, FUSE threads spin and
+   * the JS thread polls for an answer or the next request before sleeping.
+   */
+  transport(asyncDio: number, maxPages: number, pollNs: number): void;
   /** `fusermount -u MNT` (non-lazy) for any FUSE mount. */
   unmount(mnt: string, cb: (err: Error | null) => void): void;
   // Negative errno values (Linux), as fuse-native defines them.
