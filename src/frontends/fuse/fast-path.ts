@@ -62,6 +62,8 @@ export interface FastPathStats {
   writeBytes: number;
   /** Reads (or pieces of one) that went around the host page cache (O_DIRECT). */
   directReads: number;
+  /** Large buffered reads (of shared blocks) copied by two threads at once. */
+  splitReads: number;
 }
 
 /** Mappings copied ahead of a sequential JS-path access. */
@@ -314,8 +316,8 @@ export class FastPath implements MappingHooks {
   }
 
   stats(): FastPathStats {
-    const [reads, writes, fallbacks, readBytes, writeBytes, directReads] = this.native.stats();
-    return { reads: reads!, writes: writes!, fallbacks: fallbacks!, readBytes: readBytes!, writeBytes: writeBytes!, directReads: directReads ?? 0 };
+    const [reads, writes, fallbacks, readBytes, writeBytes, directReads, splitReads] = this.native.stats();
+    return { reads: reads!, writes: writes!, fallbacks: fallbacks!, readBytes: readBytes!, writeBytes: writeBytes!, directReads: directReads ?? 0, splitReads: splitReads ?? 0 };
   }
 
   private isWritable(b: number): boolean {

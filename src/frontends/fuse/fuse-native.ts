@@ -185,7 +185,7 @@ export interface FastPathBinding {
   setClean(on: boolean): void;
   /** The errno of a failed fast-path fdatasync since the last call (0: none). */
   takeFlushError(): number;
-  /** [reads, writes, fallbacks, readBytes, writeBytes, directReads] since load. */
+  /** [reads, writes, fallbacks, readBytes, writeBytes, directReads, splitReads] since load. */
   stats(): number[];
 }
 
