@@ -315,7 +315,7 @@ test.serial('fast path: blocks provisioned ahead of sequential writers; snapshot
 // read as one request (FUSE_MAX_PAGES), and the fast path reads it from
 // POOL/data with O_DIRECT. Right after fast-path overwrites, whose data is
 // still dirty in the host page cache, those reads must return the new data.
-test.serial('fast path: 1 MiB reads are one request, read with O_DIRECT, and see writes still in the page cache', async (t) => {
+test.serial('fast path: 1 MiB reads are one request, read with O_DIRECT (own blocks) or by two threads (shared), and see every write', async (t) => {
   requireSystem();
   const e = await E2E.start(t, 'thinfuse-fastpath-direct-');
   e.createPool('1G', '64M');
@@ -353,6 +353,32 @@ test.serial('fast path: 1 MiB reads are one request, read with O_DIRECT, and see
   );
   if (direct) t.true(after.directReads - before.directReads >= size / MiB, 'the pool directory takes O_DIRECT, and large reads used it');
   else t.is(after.directReads, 0, 'the pool directory refuses O_DIRECT, so no read used it');
+
+  // Shared blocks: read through the page cache, each large read copied by two threads.
+  tfOk(['snapshot', e.pool, 'd', 's']);
+  const dd = async (name: string) => {
+    await execFileAsync('dd', [`if=${e.mnt}/${name}`, `of=${e.root}/copy`, 'bs=1M', 'iflag=direct', 'status=none'], { env: ENV });
+    return fs.readFile(`${e.root}/copy`);
+  };
+  t.true((await dd('s')).equals(model), 'the snapshot reads back in large reads');
+  const old = Buffer.from(model);
+  const fh2 = await fs.open(file, 'r+');
+  try {
+    for (let at = 0; at < size; at += 4 * BLOCK) {
+      const data = crypto.randomBytes(4096);
+      await fh2.write(data, 0, data.length, at + 8192);
+      data.copy(model, at + 8192);
+    }
+  } finally {
+    await fh2.close();
+  }
+  t.true((await dd('s')).equals(old), 'after copy-on-write in the origin, the snapshot still reads its old data');
+  t.true((await dd('d')).equals(model), 'and the origin its new data');
+  const shared = stats();
+  t.true(shared.splitReads - after.splitReads >= size / MiB, `large reads of shared blocks were split between two threads (${shared.splitReads - after.splitReads})`);
+  // The snapshot's first read finds its table empty, goes through JS, and copies the mappings ahead.
+  t.true(shared.readBytes - after.readBytes >= 3 * size - MiB, `all but the snapshot's first read took the fast path (${shared.readBytes - after.readBytes} bytes)`);
   t.is((await serve.stop()).code, 0);
   runOk('thin_check', [`${e.pool}/metadata`]);
+  tfOk(['check', e.pool]);
 });
