@@ -19,6 +19,9 @@
 // about 132 KiB, and it answers INIT with max_write = 128 KiB, which the
 // kernel keeps to. Only reads grow (replies have no such buffer).
 //
+// The file also has the waits on both sides of a request that needs JS
+// (fc_wait_reply, fc_js_active): both poll briefly before sleeping.
+//
 // The channel does what libfuse2's own kernel channel does (read(2) one
 // request, writev(2) one reply, the same error handling), on a dup of the
 // descriptor fuse_mount opened; that channel is destroyed at once (closing
