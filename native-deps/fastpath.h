@@ -87,6 +87,14 @@
 // turns `clean` off): the request falls back to JS, which takes the errno
 // and fails the pool's flushes as if its own fdatasync had failed.
 //
+// Written blocks: every fast-path write also sets its data blocks' bits in
+// `written` (one bit per data block of the pool when configured; a block
+// past that, after the pool grew, is not tracked). At each commit JS takes
+// and clears them (fastpath_take_written) and, once the commit made them
+// durable, drops those blocks from the host page cache (src/pool/pool.ts
+// dropWritten says why). Only a hint: a bit set by a write still in flight
+// may be taken early, and the kernel keeps pages that are dirty again.
+//
 // Speculative entries (src/pool/pool.ts provisions blocks ahead of a
 // sequential writer): an entry may carry a "speculative" bit; every
 // fast-path write marks the slots it wrote in `touched` before it leaves its
@@ -153,6 +161,9 @@ static struct {
   fp_entry_t *table;
   /** Per slot: a fast-path write landed since JS last reset it. */
   _Atomic uint8_t *touched;
+  /** One bit per data block: a fast-path write landed since JS last took it; `written_blocks` bits. */
+  _Atomic uint64_t *written;
+  uint64_t written_blocks;
   fp_dev_t devs[FP_DEVS];
   _Atomic uint64_t epoch;
   _Atomic int64_t inflight[2];
@@ -252,6 +263,14 @@ static uint64_t fp_device_size(const char *path, uint32_t handle) {
   return size;
 }
 
+static inline void fp_mark_written(uint64_t block) {
+  if (block >= fp.written_blocks) return;
+  _Atomic uint64_t *word = &fp.written[block >> 6];
+  uint64_t bit = (uint64_t) 1 << (block & 63);
+  // Read first: a sequential writer hits the same word 64 times.
+  if (!(atomic_load_explicit(word, memory_order_relaxed) & bit)) atomic_fetch_or_explicit(word, bit, memory_order_relaxed);
+}
+
 /** Where a request lies in POOL/data: up to FP_MAX_PIECES contiguous pieces. */
 typedef struct {
   off_t at[FP_MAX_PIECES];
@@ -280,7 +299,10 @@ static int fp_plan(int writing, const char *path, uint32_t handle, size_t len, o
       if (writing) return FP_MISS;
       plan->shared = true;
     }
-    if (writing) atomic_store_explicit(&fp.touched[fp_index(handle, vb)], 1, memory_order_relaxed);
+    if (writing) {
+      atomic_store_explicit(&fp.touched[fp_index(handle, vb)], 1, memory_order_relaxed);
+      fp_mark_written(val >> 2);
+    }
     off_t where = (off_t) ((val >> 2) * bb + within);
     int n = plan->n;
     if (n > 0 && plan->at[n - 1] + (off_t) plan->len[n - 1] == where) {
@@ -474,11 +496,12 @@ static int fp_open_direct(int fd) {
   return dfd >= 0 ? dfd : -1;
 }
 
-/** fastpath_configure(fd, blockBytes): fd -1 turns the fast path off (drains, empties the table). */
+/** fastpath_configure(fd, blockBytes, nrBlocks): fd -1 turns the fast path off (drains, empties the table). */
 NAPI_METHOD(fastpath_configure) {
-  NAPI_ARGV(2)
+  NAPI_ARGV(3)
   NAPI_ARGV_INT32(fd, 0)
   NAPI_ARGV_UINT32(block_bytes, 1)
+  uint64_t nr_blocks = (uint64_t) fp_arg_double(env, argv[2]);
   atomic_store(&fp.fd, -1);
   atomic_store(&fp.clean, 0);
   for (int i = 0; i < FP_DEVS; i++) atomic_store(&fp.devs[i].size, 0);
@@ -496,6 +519,13 @@ NAPI_METHOD(fastpath_configure) {
       napi_throw_error(env, NULL, "fast path: cannot allocate its mapping table");
       return NULL;
     }
+  }
+  if (fp.written_blocks < nr_blocks) {
+    // Only while fd is -1 and drained: no write can be marking the old bitmap.
+    free(fp.written);
+    fp.written_blocks = 0;
+    fp.written = calloc((nr_blocks + 63) / 64, sizeof(uint64_t));
+    if (fp.written != NULL) fp.written_blocks = nr_blocks;
   }
   fp.block_bytes = block_bytes;
   atomic_store(&fp.dfd, fp_open_direct(fd));
@@ -699,6 +729,41 @@ NAPI_METHOD(fastpath_take_flush_error) {
   napi_value result;
   napi_create_int32(env, atomic_exchange(&fp.flush_errno, 0), &result);
   return result;
+}
+
+/** fastpath_take_written() -> number[]: [first, count, first, count, ...] runs of data blocks fast-path writes marked since the last call (then cleared). */
+NAPI_METHOD(fastpath_take_written) {
+  napi_value out, v;
+  napi_create_array(env, &out);
+  uint32_t n = 0;
+  uint64_t run_start = 0, run_len = 0;
+  for (uint64_t w = 0; w < (fp.written_blocks + 63) / 64; w++) {
+    uint64_t bits = atomic_load_explicit(&fp.written[w], memory_order_relaxed) ? atomic_exchange(&fp.written[w], 0) : 0;
+    for (unsigned i = 0; i < 64; i++) {
+      if (bits & ((uint64_t) 1 << i)) {
+        uint64_t b = w * 64 + i;
+        if (run_len > 0 && run_start + run_len == b) {
+          run_len++;
+          continue;
+        }
+        if (run_len > 0) {
+          napi_create_double(env, (double) run_start, &v);
+          napi_set_element(env, out, n++, v);
+          napi_create_double(env, (double) run_len, &v);
+          napi_set_element(env, out, n++, v);
+        }
+        run_start = b;
+        run_len = 1;
+      }
+    }
+  }
+  if (run_len > 0) {
+    napi_create_double(env, (double) run_start, &v);
+    napi_set_element(env, out, n++, v);
+    napi_create_double(env, (double) run_len, &v);
+    napi_set_element(env, out, n++, v);
+  }
+  return out;
 }
 
 /** fastpath_take_dirty() -> bool: whether fast-path writes landed since the last call. */

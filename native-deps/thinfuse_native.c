@@ -3,6 +3,7 @@
  *
  *   punchHole(fd, offset, length)              fallocate(PUNCH_HOLE|KEEP_SIZE), sync
  *   punchHoleAsync(fd, offset, length)         the same on the libuv threadpool -> Promise<void>
+ *   dropCacheAsync(fd, offset, length)         posix_fadvise(DONTNEED) on the threadpool -> Promise<void>
  *   zeroRange(fd, offset, length)              fallocate(ZERO_RANGE|KEEP_SIZE), sync
  *   fallocate(fd, mode, offset, length)        the raw call, sync
  *   copyFileRange(fdIn, offIn, fdOut, offOut, length)
@@ -259,7 +260,7 @@ static napi_value js_fallocate(napi_env env, napi_callback_info info) {
 
 /* ------------------------------------------------------------- async work */
 
-enum job_kind { JOB_PUNCH, JOB_COPY, JOB_ALLOC };
+enum job_kind { JOB_PUNCH, JOB_COPY, JOB_ALLOC, JOB_DROP };
 
 typedef struct {
   enum job_kind kind;
@@ -275,6 +276,11 @@ typedef struct {
 static void job_execute(napi_env env, void *data) {
   (void)env; /* no N-API calls on the threadpool */
   job_t *job = data;
+  if (job->kind == JOB_DROP) {
+    job->syscall = "posix_fadvise";
+    if (job->length > 0) job->err = posix_fadvise(job->fd_in, (off_t)job->off_in, (off_t)job->length, POSIX_FADV_DONTNEED);
+    return;
+  }
   if (job->kind == JOB_PUNCH || job->kind == JOB_ALLOC) {
     job->syscall = "fallocate";
     int mode = job->kind == JOB_PUNCH ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_KEEP_SIZE;
@@ -340,7 +346,7 @@ static napi_value queue_job(napi_env env, job_t *job, const char *name) {
   return promise;
 }
 
-/* An fallocate job on the threadpool for (fd, offset, length) arguments. */
+/* An fallocate (or fadvise) job on the threadpool for (fd, offset, length) arguments. */
 static napi_value queue_fallocate(napi_env env, napi_callback_info info, enum job_kind kind, const char *fn, const char *name) {
   napi_value argv[3];
   int fd;
@@ -370,6 +376,15 @@ static napi_value queue_fallocate(napi_env env, napi_callback_info info, enum jo
  */
 static napi_value js_preallocate_async(napi_env env, napi_callback_info info) {
   return queue_fallocate(env, info, JOB_ALLOC, "preallocateAsync", "thinfuse.preallocate");
+}
+
+/*
+ * dropCacheAsync(fd, offset, length) -> Promise<void>: posix_fadvise(DONTNEED)
+ * on the threadpool: the range's clean pages leave the host page cache
+ * (dirty ones are only queued for writeback and stay).
+ */
+static napi_value js_drop_cache_async(napi_env env, napi_callback_info info) {
+  return queue_fallocate(env, info, JOB_DROP, "dropCacheAsync", "thinfuse.dropCache");
 }
 
 static napi_value js_punch_hole_async(napi_env env, napi_callback_info info) {
@@ -492,6 +507,7 @@ NAPI_MODULE_INIT() {
       !export_fn(env, exports, "fallocate", js_fallocate) ||
       !export_fn(env, exports, "dataFrom", js_data_from) ||
       !export_fn(env, exports, "preallocateAsync", js_preallocate_async) ||
+      !export_fn(env, exports, "dropCacheAsync", js_drop_cache_async) ||
       !export_fn(env, exports, "copyFileRange", js_copy_file_range) ||
       !export_fn(env, exports, "flock", js_flock) ||
       !export_fn(env, exports, "funlock", js_funlock) ||

@@ -10,7 +10,7 @@
 // (the JS path, with its data cache). A second test pins the data cache:
 // JS-path reads of a block that fast-path writes change never come back stale.
 import test from 'ava';
-import { execFile, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
 import { promisify } from 'node:util';
@@ -56,6 +56,21 @@ function tfAsync(args: string[], input?: Buffer): Promise<string> {
     child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`thinfuse ${args.join(' ')} exited ${code}: ${err.trim()}`))));
     child.stdin.end(input ?? Buffer.alloc(0));
   });
+}
+
+/** Bytes of `file` in the host page cache (util-linux fincore). */
+function cachedBytes(file: string): number {
+  return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', file], { encoding: 'utf8' }).trim());
+}
+
+/** Polls value() every 50 ms for up to 5 s until done(value); answers the last value. */
+async function settled(value: () => number, done: (v: number) => boolean): Promise<number> {
+  let v = value();
+  for (let i = 0; i < 100 && !done(v); i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    v = value();
+  }
+  return v;
 }
 
 function pick(base: number, aligned = crypto.randomInt(3) === 0): { offset: number; length: number } {
@@ -286,6 +301,13 @@ test.serial('fast path: blocks provisioned ahead of sequential writers; snapshot
     await snapshotter;
   }
   t.true(snaps.length >= 1, `${snaps.length} snapshots were taken mid-stream`);
+  // Written blocks leave the host page cache once a flush made them durable (Pool.dropWritten).
+  const fh = await fs.open(file, 'r+');
+  await fh.sync();
+  await fh.close();
+  const written = lengths[0]! + lengths[1]!;
+  const cached = await settled(() => cachedBytes(`${e.pool}/data`), (n) => n < written / 8);
+  t.true(cached < written / 8, `${cached} of ${written} written bytes of POOL/data still in the page cache after an fsync`);
 
   for (const s of snaps) {
     const got = await fs.readFile(`${e.mnt}/${s.name}`);

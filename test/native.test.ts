@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -95,6 +96,31 @@ test('preallocateAsync allocates holes as zeros and keeps data; dataFrom finds t
   const back = fs.readFileSync(file);
   t.true(back.subarray(0, 2 * MiB).equals(Buffer.alloc(2 * MiB)), 'preallocated space reads as zeros');
   t.true(back.subarray(2 * MiB, 2 * MiB + data.length).equals(data), 'data untouched');
+});
+
+/** Bytes of `file` in the host page cache (util-linux fincore). */
+function cachedBytes(file: string): number {
+  return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', file], { encoding: 'utf8' }).trim());
+}
+
+test('dropCacheAsync takes a flushed range out of the page cache and leaves the data and the rest alone', async (t) => {
+  // The temp dir's filesystem must keep a page cache (tmpfs pages cannot be dropped).
+  const fsType = execFileSync('stat', ['-f', '-c', '%T', os.tmpdir()], { encoding: 'utf8' }).trim();
+  t.not(fsType, 'tmpfs', `${os.tmpdir()} is tmpfs: point TMPDIR at a disk filesystem`);
+  const file = path.join(tempDir(t), 'data');
+  const fd = openFd(t, file, 'w+');
+  const data = pattern(4 * MiB, 3);
+  // In 64 KiB writes, as the pool writes blocks: the kernel drops a cached
+  // folio only when the range covers all of it, and one 4 MiB write may be
+  // cached in folios larger than the range.
+  for (let at = 0; at < data.length; at += 64 * 1024) fs.writeSync(fd, data, at, 64 * 1024, at);
+  fs.fdatasyncSync(fd);
+  t.is(cachedBytes(file), 4 * MiB, 'written pages are cached');
+  await native.dropCacheAsync(fd, MiB, 2 * MiB);
+  t.is(cachedBytes(file), 2 * MiB, 'the dropped 2 MiB left the cache, the rest stayed');
+  await native.dropCacheAsync(fd, 0, 0);
+  t.true(fs.readFileSync(file).equals(data), 'the data reads back unchanged');
+  await t.throwsAsync(native.dropCacheAsync(1_000_000, 0, MiB), { code: 'EBADF' }, 'a bad descriptor rejects with its errno');
 });
 
 test('zeroRange zeroes (or reports EOPNOTSUPP so callers can fall back)', (t) => {

@@ -22,6 +22,8 @@ export interface BackingFile {
   dataFrom?(offset: number): number;
   /** Allocates the host space of the range's holes (zero-reading), leaving data alone: later writes there allocate nothing. Optional. */
   preallocate?(offset: number, length: number): Promise<void>;
+  /** Drops the range's clean pages from the host page cache (a hint: nothing changes but what is cached). Optional. */
+  dropCache?(offset: number, length: number): Promise<void>;
   /** Copies `length` bytes inside this file, in bounded chunks. */
   copyWithin(from: number, to: number, length: number): Promise<void>;
   /** Sets the length (sparse: growing allocates nothing). */

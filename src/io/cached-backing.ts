@@ -163,6 +163,11 @@ export class CachedBacking implements BackingFile {
     await this.inner.preallocate?.(offset, length);
   }
 
+  /** The host's page cache only: this cache's own units stay. */
+  async dropCache(offset: number, length: number): Promise<void> {
+    await this.inner.dropCache?.(offset, length);
+  }
+
   async punchHole(offset: number, length: number): Promise<void> {
     try {
       await this.inner.punchHole(offset, length);

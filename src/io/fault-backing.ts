@@ -232,12 +232,12 @@ export class FaultBacking extends ForwardingBacking {
     await this.inner.flush();
   }
 
-  /** While faults are set, reads may not return what the file holds: nothing is known. */
   /** Nothing while faults are set: every byte of I/O should meet them as the user set them. */
   override async preallocate(offset: number, length: number): Promise<void> {
     if (this.faults.length === 0) await super.preallocate(offset, length);
   }
 
+  /** While faults are set, reads may not return what the file holds: nothing is known. */
   override dataFrom(offset: number): number {
     return this.faults.length === 0 ? super.dataFrom(offset) : offset;
   }

@@ -143,6 +143,14 @@ export class FileBacking implements BackingFile {
     }
   }
 
+  async dropCache(offset: number, length: number): Promise<void> {
+    try {
+      await native.dropCacheAsync(this.fd, offset, length);
+    } catch (e) {
+      throw ioError(this.path, 'drop the page cache of', e);
+    }
+  }
+
   async copyWithin(from: number, to: number, length: number): Promise<void> {
     try {
       for (let done = 0; done < length; done += IO_CHUNK) {

@@ -39,6 +39,10 @@ export class ForwardingBacking implements BackingFile {
     await this.inner.preallocate?.(offset, length);
   }
 
+  async dropCache(offset: number, length: number): Promise<void> {
+    await this.inner.dropCache?.(offset, length);
+  }
+
   punchHole(offset: number, length: number): Promise<void> {
     return this.inner.punchHole(offset, length);
   }

@@ -26,6 +26,8 @@ export interface NativeAddon {
   dataFrom(fd: number, offset: number): number;
   /** fallocate(KEEP_SIZE) on the threadpool: holes in the range become allocated zero (unwritten) extents; data is untouched. */
   preallocateAsync(fd: number, offset: number, length: number): Promise<void>;
+  /** posix_fadvise(DONTNEED) on the threadpool: the range's clean pages leave the host page cache. */
+  dropCacheAsync(fd: number, offset: number, length: number): Promise<void>;
   /** The raw fallocate(2); `mode` is a mask of the FALLOC_FL_* constants. */
   fallocate(fd: number, mode: number, offset: number, length: number): void;
   /**
@@ -124,6 +126,7 @@ export const native: NativeAddon = {
   fallocate: (fd, mode, offset, length) => loadNative().fallocate(fd, mode, offset, length),
   dataFrom: (fd, offset) => loadNative().dataFrom(fd, offset),
   preallocateAsync: (fd, offset, length) => rejectOnThrow(() => loadNative().preallocateAsync(fd, offset, length)),
+  dropCacheAsync: (fd, offset, length) => rejectOnThrow(() => loadNative().dropCacheAsync(fd, offset, length)),
   copyFileRange: (fdIn, offIn, fdOut, offOut, length) =>
     rejectOnThrow(() => loadNative().copyFileRange(fdIn, offIn, fdOut, offOut, length)),
   flock: (fd, exclusive, nonBlocking) => loadNative().flock(fd, exclusive, nonBlocking),

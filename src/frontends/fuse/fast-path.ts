@@ -110,7 +110,7 @@ export class FastPath implements MappingHooks {
     fd: number,
   ) {
     this.writable = new Uint8Array(Math.ceil(pool.md.nrDataBlocks / 8));
-    native.configure(fd, pool.blockBytes);
+    native.configure(fd, pool.blockBytes, pool.md.nrDataBlocks);
     if (cache) cache.admit = (offset) => !this.isWritable(Math.floor(offset / pool.blockBytes));
   }
 
@@ -304,10 +304,14 @@ export class FastPath implements MappingHooks {
     this.closed = true;
     this.clean = false;
     this.speculative.clear();
-    this.native.configure(-1, 0);
+    this.native.configure(-1, 0, 0);
     this.records.clear();
     this.pool.setMappingHooks(undefined);
     if (this.cache) this.cache.admit = () => true;
+  }
+
+  takeWritten(): number[] {
+    return this.closed ? [] : this.native.takeWritten();
   }
 
   /** Whether fast-path writes landed since the last call (so an fsync must flush the data file). */

@@ -158,8 +158,8 @@ export interface FuseInstance {
  * Call only from the main thread. Handles: the JS open must answer dev + 1.
  */
 export interface FastPathBinding {
-  /** The data file's fd and block size; fd -1 turns the fast path off (waits for its I/O, empties the table). */
-  configure(fd: number, blockBytes: number): void;
+  /** The data file's fd, block size and blocks (for the written bitmap); fd -1 turns the fast path off (waits for its I/O, empties the table). */
+  configure(fd: number, blockBytes: number, nrBlocks: number): void;
   /** (Re)sets a device's record; false if its record slot holds another device (then it stays on the JS path). */
   enable(dev: number, name: string, size: number): boolean;
   /**
@@ -181,6 +181,8 @@ export interface FastPathBinding {
    */
   revoke(dev: number, from: number, end: number, writesOnly: boolean): number[];
   takeDirty(): boolean;
+  /** Data blocks fast-path writes landed in since the last call, as [first, count, ...] runs (then cleared). */
+  takeWritten(): number[];
   /** Whether an fsync may be one fdatasync of the data file done in the FUSE thread (refused after a failed one). */
   setClean(on: boolean): void;
   /** The errno of a failed fast-path fdatasync since the last call (0: none). */
