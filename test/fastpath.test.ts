@@ -324,6 +324,7 @@ test.serial('fast path: blocks provisioned ahead of sequential writers; snapshot
   const status = JSON.parse(tfOk(['status', e.pool, '--json'])).result;
   t.log(`snapshots ${snaps.length}; fast path ${JSON.stringify(status.fastPath)}`);
   t.true(status.fastPath.writes > status.fastPath.fallbacks, 'most sequential writes took the fast path');
+  t.true(status.fastPath.writebacks >= 1, `early writeback started after the fast-path writes (${status.fastPath.writebacks})`);
   t.is((await serve.stop()).code, 0);
   runOk('thin_check', [`${e.pool}/metadata`]);
   tfOk(['check', e.pool]);

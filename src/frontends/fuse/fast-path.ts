@@ -64,6 +64,8 @@ export interface FastPathStats {
   directReads: number;
   /** Large buffered reads (of shared blocks) copied by two threads at once. */
   splitReads: number;
+  /** Early writebacks of POOL/data started after fast-path writes (one per 8 MiB written). */
+  writebacks: number;
 }
 
 /** Mappings copied ahead of a sequential JS-path access. */
@@ -320,8 +322,11 @@ export class FastPath implements MappingHooks {
   }
 
   stats(): FastPathStats {
-    const [reads, writes, fallbacks, readBytes, writeBytes, directReads, splitReads] = this.native.stats();
-    return { reads: reads!, writes: writes!, fallbacks: fallbacks!, readBytes: readBytes!, writeBytes: writeBytes!, directReads: directReads ?? 0, splitReads: splitReads ?? 0 };
+    const [reads, writes, fallbacks, readBytes, writeBytes, directReads, splitReads, writebacks] = this.native.stats();
+    return {
+      reads: reads!, writes: writes!, fallbacks: fallbacks!, readBytes: readBytes!, writeBytes: writeBytes!,
+      directReads: directReads ?? 0, splitReads: splitReads ?? 0, writebacks: writebacks ?? 0,
+    };
   }
 
   private isWritable(b: number): boolean {

@@ -187,7 +187,7 @@ export interface FastPathBinding {
   setClean(on: boolean): void;
   /** The errno of a failed fast-path fdatasync since the last call (0: none). */
   takeFlushError(): number;
-  /** [reads, writes, fallbacks, readBytes, writeBytes, directReads, splitReads] since load. */
+  /** [reads, writes, fallbacks, readBytes, writeBytes, directReads, splitReads, writebacks] since load. */
   stats(): number[];
 }
 
