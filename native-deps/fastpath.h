@@ -87,7 +87,8 @@
 // turns `clean` off): the request falls back to JS, which takes the errno
 // and fails the pool's flushes as if its own fdatasync had failed.
 //
-// Early writeback: after every FP_WRITEBACK_KICK bytes of fast-path writes,
+// Early writeback: after every FP_WRITEBACK_KICK bytes of writes (fast-path
+// ones, and the JS path's, which it reports through fastpath_count_written),
 // a helper thread starts writeback of all of POOL/data's dirty pages
 // (sync_file_range WRITE: it submits the I/O and does not wait). Why: a
 // filesystem above flushes seldom (xfs at a log force, a sync), and until
@@ -820,6 +821,14 @@ NAPI_METHOD(fastpath_take_written) {
     napi_set_element(env, out, n++, v);
   }
   return out;
+}
+
+/** fastpath_count_written(bytes): data written to POOL/data outside the fast path, counted toward early writeback. */
+NAPI_METHOD(fastpath_count_written) {
+  NAPI_ARGV(1)
+  double bytes = fp_arg_double(env, argv[0]);
+  if (bytes > 0 && atomic_load(&fp.fd) >= 0) fp_writeback_count((size_t) bytes);
+  return NULL;
 }
 
 /** fastpath_take_dirty() -> bool: whether fast-path writes landed since the last call. */

@@ -78,6 +78,8 @@ export interface MappingHooks {
   dirtied?(): void;
   /** Data blocks written outside the pool since the last call, as [first, count, ...] runs (for dropWritten). */
   takeWritten?(): number[];
+  /** The pool wrote this many bytes of data (the front end may start writeback early). */
+  wroteBytes?(bytes: number): void;
 }
 
 export interface PoolOpenOptions {
@@ -801,6 +803,7 @@ export class Pool {
         // Set on completion: a write finishing after a commit's flush began
         // must be flushed by the next commit.
         this.markDataDirty();
+        this.hooks?.wroteBytes?.(src.length);
         if (this.hostFull) this.hostSpaceBack();
         return;
       } catch (e) {
@@ -869,6 +872,7 @@ export class Pool {
       throw e;
     }
     this.markDataDirty();
+    this.hooks?.wroteBytes?.(bytes);
     if (this.hostFull) this.hostSpaceBack();
     return true;
   }

@@ -312,6 +312,10 @@ export class FastPath implements MappingHooks {
     if (this.cache) this.cache.admit = () => true;
   }
 
+  wroteBytes(bytes: number): void {
+    if (!this.closed) this.native.countWritten(bytes);
+  }
+
   takeWritten(): number[] {
     return this.closed ? [] : this.native.takeWritten();
   }

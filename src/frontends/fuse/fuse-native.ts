@@ -183,6 +183,8 @@ export interface FastPathBinding {
   takeDirty(): boolean;
   /** Data blocks fast-path writes landed in since the last call, as [first, count, ...] runs (then cleared). */
   takeWritten(): number[];
+  /** Bytes written to the data file through JS, counted toward the native early writeback. */
+  countWritten(bytes: number): void;
   /** Whether an fsync may be one fdatasync of the data file done in the FUSE thread (refused after a failed one). */
   setClean(on: boolean): void;
   /** The errno of a failed fast-path fdatasync since the last call (0: none). */
