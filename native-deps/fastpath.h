@@ -95,8 +95,10 @@
 // then our writes only dirty the host page cache; the flush's fdatasync
 // then wrote hundreds of MB while the loop device, which sends one request
 // at a time, waited for it. Started early, that writeback overlaps the
-// writes that come before the flush. The helper works inside an epoch, so
-// a drain (fastpath_configure(-1) before the data file closes) waits for it.
+// writes that come before the flush. The helper marks itself busy while it
+// uses the data file's descriptor, and fastpath_configure (before the file
+// closes) waits until it is not; it stays out of the epochs, so the drains
+// of revokes never wait for a writeback submission.
 //
 // Written blocks: every fast-path write also sets its data blocks' bits in
 // `written` (one bit per data block of the pool when configured; a block
@@ -337,7 +339,9 @@ static struct {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int started, kicked;
-} fp_wb = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER };
+  /** The descriptor the helper is using (-1: none); fastpath_configure waits for -1. */
+  int busy_fd;
+} fp_wb = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, -1 };
 
 static void *fp_wb_main(void *unused) {
   (void) unused;
@@ -345,12 +349,14 @@ static void *fp_wb_main(void *unused) {
   for (;;) {
     while (!fp_wb.kicked) pthread_cond_wait(&fp_wb.cv, &fp_wb.mu);
     fp_wb.kicked = 0;
-    pthread_mutex_unlock(&fp_wb.mu);
-    unsigned parity = fp_enter();
+    // Read under the mutex: fastpath_configure sets fp.fd to -1 before it waits.
     int fd = atomic_load(&fp.fd);
+    fp_wb.busy_fd = fd;
+    pthread_mutex_unlock(&fp_wb.mu);
     if (fd >= 0 && sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) == 0) atomic_fetch_add_explicit(&fp.writebacks, 1, memory_order_relaxed);
-    fp_leave(parity);
     pthread_mutex_lock(&fp_wb.mu);
+    fp_wb.busy_fd = -1;
+    pthread_cond_broadcast(&fp_wb.cv);
   }
   return NULL;
 }
@@ -563,6 +569,9 @@ NAPI_METHOD(fastpath_configure) {
   atomic_store(&fp.clean, 0);
   for (int i = 0; i < FP_DEVS; i++) atomic_store(&fp.devs[i].size, 0);
   fp_drain();
+  pthread_mutex_lock(&fp_wb.mu);
+  while (fp_wb.busy_fd >= 0) pthread_cond_wait(&fp_wb.cv, &fp_wb.mu);
+  pthread_mutex_unlock(&fp_wb.mu);
   int old_dfd = atomic_exchange(&fp.dfd, -1);
   if (old_dfd >= 0) close(old_dfd);
   if (fp.table != NULL) {
