@@ -1,7 +1,8 @@
 // Pool modes and the edges of the engine: out of data space (error, queue,
 // timeout), low water, corrupt metadata found during I/O, a full host
 // filesystem, the lock, punching freed blocks after the commit, 1 GiB
-// blocks in bounded memory, intent records, and pools made by thin_restore.
+// blocks in bounded memory, intent records, pools made by thin_restore, and
+// written blocks leaving the host page cache after a flush.
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -317,3 +318,30 @@ test('a partial first write never shows stale bytes of a reused block, punched o
     await oracle(t, dir);
   }
 });
+
+test('blocks written through the pool leave the host page cache once a flush made them durable, and read back', async (t) => {
+  const { pool, dir } = await makePool(t, { dataSize: 256 * BS });
+  const d = await pool.createDevice('a', 128 * BS);
+  const data = Buffer.alloc(64 * BS);
+  for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
+  for (let i = 0; i < 64; i++) await pool.write(d.devId, data.subarray(i * BS, (i + 1) * BS), i * BS, d.size);
+  const dataFile = path.join(dir, 'data');
+  t.true(cachedBytes(dataFile) >= data.length / 2, 'the writes are in the page cache before the flush');
+  await pool.flush();
+  let cached = cachedBytes(dataFile);
+  for (let i = 0; i < 100 && cached >= data.length / 8; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    cached = cachedBytes(dataFile);
+  }
+  t.true(cached < data.length / 8, `${cached} of ${data.length} written bytes still cached after the flush`);
+  const back = Buffer.alloc(data.length);
+  await pool.read(d.devId, back, 0, d.size);
+  t.true(back.equals(data), 'the data reads back from the disk');
+  await pool.close();
+  await oracle(t, dir);
+});
+
+/** Bytes of `file` in the host page cache (util-linux fincore). */
+function cachedBytes(file: string): number {
+  return Number(spawnSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', file], { encoding: 'utf8' }).stdout.trim());
+}
