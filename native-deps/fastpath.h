@@ -187,7 +187,9 @@ static struct {
   _Atomic int flush_errno;
   /** Fast-path bytes written since the last early-writeback kick. */
   _Atomic uint64_t unkicked;
-  _Atomic uint64_t reads, writes, fallbacks, read_bytes, write_bytes, direct_reads, split_reads, writebacks;
+  /** Bumped by every revoke and reconfigure: a copy-on-write read-ahead from before one is not used. */
+  _Atomic uint64_t revokes;
+  _Atomic uint64_t reads, writes, fallbacks, read_bytes, write_bytes, direct_reads, split_reads, writebacks, cow_reads;
 } fp = { .fd = -1, .dfd = -1 };
 
 static inline uint64_t fp_key(uint32_t handle, uint64_t vb) {
@@ -295,10 +297,13 @@ typedef struct {
   int n;
   /** Some block is shared with a snapshot (no writable bit). */
   bool shared;
+  /** A write missed on this shared data block (+1; 0: none) of virtual block cow_vb: JS will copy it. */
+  uint64_t cow_block, cow_vb;
 } fp_plan_t;
 
 /** 0 if every block of the request is in the table (and writable, for a write), else FP_MISS. */
 static int fp_plan(int writing, const char *path, uint32_t handle, size_t len, off_t off, fp_plan_t *plan) {
+  plan->cow_block = 0;
   uint64_t size = fp_device_size(path, handle);
   if (size == 0) return FP_MISS;
   if (len == 0 || off < 0 || (uint64_t) off + len > size) return FP_MISS;
@@ -313,7 +318,11 @@ static int fp_plan(int writing, const char *path, uint32_t handle, size_t len, o
     uint64_t key, val;
     if (!fp_read_entry(fp_slot(handle, vb), &key, &val) || key != fp_key(handle, vb)) return FP_MISS;
     if (!(val & 1)) {
-      if (writing) return FP_MISS;
+      if (writing) {
+        plan->cow_block = (val >> 2) + 1;
+        plan->cow_vb = vb;
+        return FP_MISS;
+      }
       plan->shared = true;
     }
     if (writing) {
@@ -487,10 +496,92 @@ static int fp_split_wait(void) {
   return failed ? -1 : 0;
 }
 
+// Copy-on-write read-ahead. A partial write to a block shared with a
+// snapshot goes to JS, which copies the whole old block into a new one: a
+// 64 KiB read, from disk when cold (120-170 us here), that began only once
+// JS had woken and done its own lookups. Now the FUSE thread that hands
+// such a write to JS reads the old block itself while it waits for JS's
+// answer (fc_wait_reply calls fp_cow_read_ahead right after the hand-off),
+// into one of FP_COW_SLOTS buffers; JS's copy takes it from there
+// (fastpath_cow_data) instead of reading, so the wake-up and JS's work
+// overlap the read. JS uses a slot only if nothing was revoked since the
+// FUSE thread looked the block up (`revokes`: every unmap, discard,
+// snapshot and delete revokes first) and JS's own lookup gives the same
+// data block, still shared: a shared block is never written in place, so
+// the slot holds what JS would have read. A slot is JS's while it copies
+// (state 3); its thread frees it only after JS answered the request.
+#define FP_COW_SLOTS 16
+
+typedef struct {
+  /** 0 free, 1 reading, 2 ready, 3 being copied by JS. */
+  _Atomic int state;
+  uint32_t handle;
+  uint64_t vb, block, revokes;
+  char *buf;
+  size_t cap;
+} fp_cow_slot_t;
+
+static fp_cow_slot_t fp_cow_slots[FP_COW_SLOTS];
+/** Set by a write that missed on a shared block, for this thread's fc_wait_reply. */
+static __thread struct { int set; uint32_t handle; uint64_t vb, block, revokes; } fp_cow_next;
+static __thread int fp_cow_mine = -1;
+
+/** In the FUSE thread, right after it handed a write to JS: reads the shared block JS will copy. */
+static void fp_cow_read_ahead(void) {
+  if (!fp_cow_next.set) return;
+  fp_cow_next.set = 0;
+  uint64_t bb = fp.block_bytes;
+  for (int i = 0; i < FP_COW_SLOTS; i++) {
+    fp_cow_slot_t *slot = &fp_cow_slots[i];
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&slot->state, &expected, 1)) continue;
+    if (slot->cap < bb) {
+      free(slot->buf);
+      slot->buf = malloc(bb);
+      slot->cap = slot->buf != NULL ? bb : 0;
+    }
+    slot->handle = fp_cow_next.handle;
+    slot->vb = fp_cow_next.vb;
+    slot->block = fp_cow_next.block;
+    slot->revokes = fp_cow_next.revokes;
+    unsigned parity = fp_enter();
+    int fd = atomic_load(&fp.fd);
+    int ok = slot->cap >= bb && fd >= 0 && fp_full_io(0, fd, slot->buf, bb, (off_t) (slot->block * bb)) == 0;
+    fp_leave(parity);
+    atomic_store(&slot->state, ok ? 2 : 0);
+    fp_cow_mine = ok ? i : -1;
+    return;
+  }
+}
+
+/** In the FUSE thread, once JS answered: frees this thread's slot (after JS is done copying from it). */
+static void fp_cow_release(void) {
+  if (fp_cow_mine < 0) return;
+  fp_cow_slot_t *slot = &fp_cow_slots[fp_cow_mine];
+  fp_cow_mine = -1;
+  for (;;) {
+    int expected = 2;
+    if (atomic_compare_exchange_weak(&slot->state, &expected, 0)) return;
+    sched_yield();
+  }
+}
+
 static int fp_io_entered(int writing, const char *path, uint32_t handle, char *buf, size_t len, off_t off) {
   int fd = atomic_load(&fp.fd);
   fp_plan_t plan;
-  if (fd < 0 || fp_plan(writing, path, handle, len, off, &plan) != 0) return FP_MISS;
+  if (fd < 0) return FP_MISS;
+  // Before the lookup: a revoke after it makes the read-ahead unusable.
+  uint64_t revokes = atomic_load(&fp.revokes);
+  if (fp_plan(writing, path, handle, len, off, &plan) != 0) {
+    if (plan.cow_block && len < fp.block_bytes) {
+      fp_cow_next.set = 1;
+      fp_cow_next.handle = handle;
+      fp_cow_next.vb = plan.cow_vb;
+      fp_cow_next.block = plan.cow_block - 1;
+      fp_cow_next.revokes = revokes;
+    }
+    return FP_MISS;
+  }
   bool large = !writing && len >= FP_DIRECT_MIN;
   int dfd = large && !plan.shared ? atomic_load(&fp.dfd) : -1;
   size_t half = large && dfd < 0 && len >= FP_SPLIT_MIN ? len / 2 / FP_DIRECT_ALIGN * FP_DIRECT_ALIGN : 0;
@@ -568,6 +659,7 @@ NAPI_METHOD(fastpath_configure) {
   atomic_store(&fp.fd, -1);
   atomic_store(&fp.clean, 0);
   for (int i = 0; i < FP_DEVS; i++) atomic_store(&fp.devs[i].size, 0);
+  atomic_fetch_add(&fp.revokes, 1);
   fp_drain();
   pthread_mutex_lock(&fp_wb.mu);
   while (fp_wb.busy_fd >= 0) pthread_cond_wait(&fp_wb.cv, &fp_wb.mu);
@@ -777,6 +869,7 @@ NAPI_METHOD(fastpath_revoke) {
       else fp_write_entry(e, 0, 0);
     }
   }
+  atomic_fetch_add(&fp.revokes, 1);
   fp_drain();
   return cleared;
 }
@@ -840,6 +933,42 @@ NAPI_METHOD(fastpath_count_written) {
   return NULL;
 }
 
+/**
+ * fastpath_cow_data(dev, vblock, dblock, dst) -> bool: fills dst (one block)
+ * with data block dblock as a FUSE thread read it ahead for a write to
+ * dev:vblock, if one did and nothing was revoked since; waits for a read
+ * still running. The caller has just looked dev:vblock up itself and found
+ * dblock, shared. False: read it yourself.
+ */
+NAPI_METHOD(fastpath_cow_data) {
+  NAPI_ARGV(4)
+  NAPI_ARGV_UINT32(dev, 0)
+  uint64_t vb = (uint64_t) fp_arg_double(env, argv[1]);
+  uint64_t block = (uint64_t) fp_arg_double(env, argv[2]);
+  NAPI_ARGV_BUFFER(dst, 3)
+  napi_value result;
+  bool ok = false;
+  uint64_t bb = fp.block_bytes;
+  uint64_t revokes = atomic_load(&fp.revokes);
+  for (int i = 0; i < FP_COW_SLOTS && !ok && dst_len >= bb; i++) {
+    fp_cow_slot_t *slot = &fp_cow_slots[i];
+    int state = atomic_load(&slot->state);
+    // Fields are stable from state 1 on; re-checked under state 3 below.
+    if (state == 0 || slot->handle != dev + 1 || slot->vb != vb || slot->block != block || slot->revokes != revokes) continue;
+    while ((state = atomic_load(&slot->state)) == 1) sched_yield();
+    int expected = 2;
+    if (state != 2 || !atomic_compare_exchange_strong(&slot->state, &expected, 3)) continue;
+    if (slot->handle == dev + 1 && slot->vb == vb && slot->block == block && slot->revokes == revokes) {
+      memcpy(dst, slot->buf, bb);
+      ok = true;
+      atomic_fetch_add_explicit(&fp.cow_reads, 1, memory_order_relaxed);
+    }
+    atomic_store(&slot->state, 2);
+  }
+  napi_get_boolean(env, ok, &result);
+  return result;
+}
+
 /** fastpath_take_dirty() -> bool: whether fast-path writes landed since the last call. */
 NAPI_METHOD(fastpath_take_dirty) {
   napi_value result;
@@ -847,15 +976,16 @@ NAPI_METHOD(fastpath_take_dirty) {
   return result;
 }
 
-/** fastpath_stats() -> [reads, writes, fallbacks, readBytes, writeBytes, directReads, splitReads, writebacks]. */
+/** fastpath_stats() -> [reads, writes, fallbacks, readBytes, writeBytes, directReads, splitReads, writebacks, cowReads]. */
 NAPI_METHOD(fastpath_stats) {
   napi_value result;
-  napi_create_array_with_length(env, 8, &result);
-  uint64_t v[8] = {
+  napi_create_array_with_length(env, 9, &result);
+  uint64_t v[9] = {
     atomic_load(&fp.reads), atomic_load(&fp.writes), atomic_load(&fp.fallbacks), atomic_load(&fp.read_bytes),
     atomic_load(&fp.write_bytes), atomic_load(&fp.direct_reads), atomic_load(&fp.split_reads), atomic_load(&fp.writebacks),
+    atomic_load(&fp.cow_reads),
   };
-  for (uint32_t i = 0; i < 8; i++) {
+  for (uint32_t i = 0; i < 9; i++) {
     napi_value n;
     napi_create_double(env, (double) v[i], &n);
     napi_set_element(env, result, i, n);

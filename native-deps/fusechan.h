@@ -201,7 +201,7 @@ static inline void fc_cpu_relax(void) {
  * of microseconds to wake (an IPI through the hypervisor), more than JS takes
  * for most requests. More spinners would take the CPU JS needs (2 vCPUs).
  */
-static void fc_wait_reply(uv_sem_t *sem) {
+static void fc_wait_reply_inner(uv_sem_t *sem) {
   int idle = 0;
   if (fc.spin_ns > 0 && atomic_compare_exchange_strong(&fc.spinning, &idle, 1)) {
     struct timespec t0, now;
@@ -221,6 +221,17 @@ static void fc_wait_reply(uv_sem_t *sem) {
     atomic_store(&fc.spinning, 0);
   }
   uv_sem_wait(sem);
+}
+
+/**
+ * A FUSE thread's wait for JS's answer. A write that missed on a block
+ * shared with a snapshot first reads that block for JS's copy-on-write
+ * (fastpath.h's fp_cow_read_ahead), so the read overlaps JS waking up.
+ */
+static void fc_wait_reply(uv_sem_t *sem) {
+  fp_cow_read_ahead();
+  fc_wait_reply_inner(sem);
+  fp_cow_release();
 }
 
 // The JS side of the same wake-up cost: after JS takes or answers a request,

@@ -405,3 +405,48 @@ test.serial('fast path: 1 MiB reads are one request, read with O_DIRECT (own blo
   runOk('thin_check', [`${e.pool}/metadata`]);
   tfOk(['check', e.pool]);
 });
+
+// Copy-on-write read-ahead (native-deps/fastpath.h): a partial write to a
+// block shared with a snapshot is handed to JS, and the FUSE thread reads
+// the old block while JS wakes; JS's copy takes it from there. The device's
+// mappings are in the table from its first request on (FastPath.warm), so
+// every such write gets one. Origin and snapshot must read as the model.
+test.serial('fast path: copy-on-write takes the old block a FUSE thread read ahead; origin and snapshot stay exact', async (t) => {
+  requireSystem();
+  const e = await E2E.start(t, 'thinfuse-fastpath-cow-');
+  e.createPool('1G', '64M');
+  const size = 16 * MiB;
+  tfOk(['create', e.pool, 'origin', '--size', String(size)]);
+  const serve = await e.serve();
+  const file = `${e.mnt}/origin`;
+  const base = crypto.randomBytes(size);
+  const first = await fs.open(file, 'r+');
+  await first.write(base, 0, size, 0);
+  await first.close();
+  tfOk(['snapshot', e.pool, 'origin', 'snap']);
+  const model = Buffer.from(base);
+  const fh = await fs.open(file, 'r+');
+  try {
+    // Touch the device once so its mappings are copied in, then wait for it.
+    await fh.read(Buffer.alloc(4096), 0, 4096, 0);
+    await new Promise((r) => setTimeout(r, 200));
+    for (let b = 0; b < size / BLOCK; b++) {
+      const at = b * BLOCK + 4096 * crypto.randomInt(BLOCK / 4096);
+      const data = crypto.randomBytes(4096);
+      await fh.write(data, 0, data.length, at);
+      data.copy(model, at);
+    }
+  } finally {
+    await fh.close();
+  }
+  const status = JSON.parse(tfOk(['status', e.pool, '--json'])).result;
+  t.log(`fast path ${JSON.stringify(status.fastPath)}`);
+  t.true(status.fastPath.cowReads >= size / BLOCK / 2, `most copies took their old block from a read-ahead (${status.fastPath.cowReads} of ${size / BLOCK})`);
+  t.true((await fs.readFile(file)).equals(model), 'origin read through FUSE matches the model');
+  t.true((await fs.readFile(`${e.mnt}/snap`)).equals(base), 'the snapshot still reads as before the writes');
+  t.true(tfBuf(['read', e.pool, 'origin']).equals(model), 'origin read through the socket matches the model');
+  t.is((await serve.stop()).code, 0);
+  runOk('thin_check', [`${e.pool}/metadata`]);
+  tfOk(['check', e.pool]);
+  t.true(tfBuf(['read', e.pool, 'snap']).equals(base), 'the snapshot after the daemon stopped is unchanged');
+});

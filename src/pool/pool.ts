@@ -80,6 +80,12 @@ export interface MappingHooks {
   takeWritten?(): number[];
   /** The pool wrote this many bytes of data (the front end may start writeback early). */
   wroteBytes?(bytes: number): void;
+  /**
+   * Copy-on-write of dev:vb from `block` (shared) is about to read it whole:
+   * fills dst with it and answers true if the front end has already read it
+   * for that write, else false (the pool reads it).
+   */
+  copySource?(dev: DevId, vb: VirtBlock, block: DataBlock, dst: Buffer): boolean;
 }
 
 export interface PoolOpenOptions {
@@ -769,7 +775,7 @@ export class Pool {
       const nb = await this.allocate();
       try {
         const whole = within === 0 && src.length === this.blockBytes;
-        const merged = m !== undefined && !whole && this.blockBytes <= SMALL_COPY && this.copyMerged(m.block, nb, within, src);
+        const merged = m !== undefined && !whole && this.blockBytes <= SMALL_COPY && this.copyMerged(dev, vb, m.block, nb, within, src);
         if (!merged) {
           await this.prepareBlock(nb, m?.block, whole);
           await this.writeData(src, nb * this.blockBytes + within);
@@ -846,20 +852,21 @@ export class Pool {
 
   /**
    * Copy-on-write of a small block in one synchronous step: read the shared
-   * block, lay the write over it, write the new block whole. Two syscalls on
+   * block (or take it from the front end, which may have read it already),
+   * lay the write over it, write the new block whole. Two syscalls on
    * the JS thread (the shared block is usually in the host's page cache)
    * instead of two trips through the threadpool, which is most of a
    * copy-on-write's latency. False (nothing written) when the host
    * filesystem is full: the caller takes the async path, which waits.
    */
-  private copyMerged(from: DataBlock, nb: DataBlock, within: number, src: Buffer): boolean {
+  private copyMerged(dev: DevId, vb: VirtBlock, from: DataBlock, nb: DataBlock, within: number, src: Buffer): boolean {
     const bytes = this.blockBytes;
     // One buffer for all: the whole copy runs in this synchronous step.
     this.copyBuffer ??= Buffer.allocUnsafe(bytes);
     const block = this.copyBuffer;
     this.reading.inc(from);
     try {
-      this.data.readSync(block, from * bytes);
+      if (!this.hooks?.copySource?.(dev, vb, from, block)) this.data.readSync(block, from * bytes);
     } finally {
       this.reading.dec(from);
     }

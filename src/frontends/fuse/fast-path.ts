@@ -66,10 +66,15 @@ export interface FastPathStats {
   splitReads: number;
   /** Early writebacks of POOL/data started after fast-path writes (one per 8 MiB written). */
   writebacks: number;
+  /** Copies-on-write whose old block JS took from a FUSE thread's read-ahead. */
+  cowReads: number;
 }
 
 /** Mappings copied ahead of a sequential JS-path access. */
 const PREFETCH = 512;
+/** A device's mappings copied into the table when it gets its record: per step (one tick), and at most. */
+const WARM_STEP = 512;
+const WARM_MAX = 65536;
 /** The first and the largest number of blocks provisioned ahead of a sequential writer. */
 const FIRST_AHEAD = 16;
 const MAX_AHEAD = 512;
@@ -138,9 +143,39 @@ export class FastPath implements MappingHooks {
     const r = this.records.get(d.devId);
     if (r && r.name === d.name && r.size === d.size) return;
     if (this.native.enable(d.devId, d.name, d.size)) {
-      this.records.set(d.devId, { name: d.name, size: d.size, last: -2, ahead: 0, provisioned: -2, speculatedEnd: -1, window: 0 });
+      const record = { name: d.name, size: d.size, last: -2, ahead: 0, provisioned: -2, speculatedEnd: -1, window: 0 };
+      this.records.set(d.devId, record);
+      this.warm(d.devId, record, 0, WARM_MAX);
     }
     else this.records.delete(d.devId);
+  }
+
+  /**
+   * Copies the device's mappings into the table, WARM_STEP per tick (each
+   * step looks its mappings up in the tick it inserts them, so they are as
+   * exact as any other insert), until WARM_MAX or the record changes. Why:
+   * a device read or written at random otherwise takes the JS path once per
+   * block before the fast path knows it, and a write to a shared block the
+   * table does not know cannot have its copy read ahead (fastpath.h).
+   */
+  private warm(dev: DevId, record: DeviceRecord, from: number, budget: number): void {
+    setImmediate(() => {
+      if (this.closed || this.suspended || this.records.get(dev) !== record) return;
+      let vb = from;
+      let n = 0;
+      try {
+        const md = this.pool.md;
+        for (let m = md.nextMapped(dev, vb as VirtBlock); m && n < WARM_STEP; m = md.nextMapped(dev, (m.vb + 1) as VirtBlock)) {
+          this.insert(dev, m.vb, m.block, !md.isShared(dev, m));
+          vb = m.vb + 1;
+          n++;
+        }
+      } catch {
+        // The pool's own lookups will meet and report the error.
+        return;
+      }
+      if (n === WARM_STEP && budget > n) this.warm(dev, record, vb, budget - n);
+    });
   }
 
   mapped(dev: DevId, vb: VirtBlock, block: DataBlock, exclusive: boolean): void {
@@ -312,6 +347,10 @@ export class FastPath implements MappingHooks {
     if (this.cache) this.cache.admit = () => true;
   }
 
+  copySource(dev: DevId, vb: VirtBlock, block: DataBlock, dst: Buffer): boolean {
+    return !this.closed && !this.suspended && this.native.cowData(dev, vb, block, dst);
+  }
+
   wroteBytes(bytes: number): void {
     if (!this.closed) this.native.countWritten(bytes);
   }
@@ -326,10 +365,10 @@ export class FastPath implements MappingHooks {
   }
 
   stats(): FastPathStats {
-    const [reads, writes, fallbacks, readBytes, writeBytes, directReads, splitReads, writebacks] = this.native.stats();
+    const [reads, writes, fallbacks, readBytes, writeBytes, directReads, splitReads, writebacks, cowReads] = this.native.stats();
     return {
       reads: reads!, writes: writes!, fallbacks: fallbacks!, readBytes: readBytes!, writeBytes: writeBytes!,
-      directReads: directReads ?? 0, splitReads: splitReads ?? 0, writebacks: writebacks ?? 0,
+      directReads: directReads ?? 0, splitReads: splitReads ?? 0, writebacks: writebacks ?? 0, cowReads: cowReads ?? 0,
     };
   }
 

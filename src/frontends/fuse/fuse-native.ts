@@ -185,11 +185,13 @@ export interface FastPathBinding {
   takeWritten(): number[];
   /** Bytes written to the data file through JS, counted toward the native early writeback. */
   countWritten(bytes: number): void;
+  /** Fills dst with data block `block` if a FUSE thread read it ahead for a copy-on-write of dev:vblock (nothing revoked since). */
+  cowData(dev: number, vblock: number, block: number, dst: Buffer): boolean;
   /** Whether an fsync may be one fdatasync of the data file done in the FUSE thread (refused after a failed one). */
   setClean(on: boolean): void;
   /** The errno of a failed fast-path fdatasync since the last call (0: none). */
   takeFlushError(): number;
-  /** [reads, writes, fallbacks, readBytes, writeBytes, directReads, splitReads, writebacks] since load. */
+  /** [reads, writes, fallbacks, readBytes, writeBytes, directReads, splitReads, writebacks, cowReads] since load. */
   stats(): number[];
 }
 
