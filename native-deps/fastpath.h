@@ -344,6 +344,17 @@ static int fp_plan(int writing, const char *path, uint32_t handle, size_t len, o
   return 0;
 }
 
+/** Starts a detached helper thread; 1 if it runs. */
+static int fp_start_detached(void *(*main)(void *)) {
+  pthread_t t;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  int ok = pthread_create(&t, &attr, main, NULL) == 0;
+  pthread_attr_destroy(&attr);
+  return ok;
+}
+
 static struct {
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -376,14 +387,7 @@ static void fp_writeback_count(size_t len) {
   if (before + len < FP_WRITEBACK_KICK || before >= FP_WRITEBACK_KICK) return;
   atomic_store(&fp.unkicked, 0);
   pthread_mutex_lock(&fp_wb.mu);
-  if (!fp_wb.started) {
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    fp_wb.started = pthread_create(&t, &attr, fp_wb_main, NULL) == 0;
-    pthread_attr_destroy(&attr);
-  }
+  if (!fp_wb.started) fp_wb.started = fp_start_detached(fp_wb_main);
   fp_wb.kicked = 1;
   pthread_cond_signal(&fp_wb.cv);
   pthread_mutex_unlock(&fp_wb.mu);
@@ -461,14 +465,7 @@ static int fp_split_start(int fd, const fp_plan_t *plan, char *buf, size_t from,
   int expected = 0;
   if (!atomic_compare_exchange_strong(&fp_split.claimed, &expected, 1)) return -1;
   pthread_mutex_lock(&fp_split.mu);
-  if (!fp_split.started) {
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    fp_split.started = pthread_create(&t, &attr, fp_split_main, NULL) == 0;
-    pthread_attr_destroy(&attr);
-  }
+  if (!fp_split.started) fp_split.started = fp_start_detached(fp_split_main);
   if (!fp_split.started) {
     pthread_mutex_unlock(&fp_split.mu);
     atomic_store(&fp_split.claimed, 0);

@@ -10,11 +10,12 @@
 // (the JS path, with its data cache). A second test pins the data cache:
 // JS-path reads of a block that fast-path writes change never come back stale.
 import test from 'ava';
-import { execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { CLI } from './_helpers/cli.js';
+import { cachedBelow } from './_helpers/page-cache.js';
 import { E2E, ENV, MiB, requireSystem, runOk, tf, tfBuf, tfOk } from './_helpers/serve.js';
 
 const execFileAsync = promisify(execFile);
@@ -56,21 +57,6 @@ function tfAsync(args: string[], input?: Buffer): Promise<string> {
     child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`thinfuse ${args.join(' ')} exited ${code}: ${err.trim()}`))));
     child.stdin.end(input ?? Buffer.alloc(0));
   });
-}
-
-/** Bytes of `file` in the host page cache (util-linux fincore). */
-function cachedBytes(file: string): number {
-  return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', file], { encoding: 'utf8' }).trim());
-}
-
-/** Polls value() every 50 ms for up to 5 s until done(value); answers the last value. */
-async function settled(value: () => number, done: (v: number) => boolean): Promise<number> {
-  let v = value();
-  for (let i = 0; i < 100 && !done(v); i++) {
-    await new Promise((r) => setTimeout(r, 50));
-    v = value();
-  }
-  return v;
 }
 
 function pick(base: number, aligned = crypto.randomInt(3) === 0): { offset: number; length: number } {
@@ -306,7 +292,7 @@ test.serial('fast path: blocks provisioned ahead of sequential writers; snapshot
   await fh.sync();
   await fh.close();
   const written = lengths[0]! + lengths[1]!;
-  const cached = await settled(() => cachedBytes(`${e.pool}/data`), (n) => n < written / 8);
+  const cached = await cachedBelow(`${e.pool}/data`, written / 8);
   t.true(cached < written / 8, `${cached} of ${written} written bytes of POOL/data still in the page cache after an fsync`);
 
   for (const s of snaps) {

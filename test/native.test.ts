@@ -6,6 +6,7 @@ import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 
 import { isErrnoError, native } from '../src/io/native.js';
+import { cachedBytes } from './_helpers/page-cache.js';
 
 const MiB = 1024 * 1024;
 
@@ -97,11 +98,6 @@ test('preallocateAsync allocates holes as zeros and keeps data; dataFrom finds t
   t.true(back.subarray(0, 2 * MiB).equals(Buffer.alloc(2 * MiB)), 'preallocated space reads as zeros');
   t.true(back.subarray(2 * MiB, 2 * MiB + data.length).equals(data), 'data untouched');
 });
-
-/** Bytes of `file` in the host page cache (util-linux fincore). */
-function cachedBytes(file: string): number {
-  return Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', file], { encoding: 'utf8' }).trim());
-}
 
 test('dropCacheAsync takes a flushed range out of the page cache and leaves the data and the rest alone', async (t) => {
   // The temp dir's filesystem must keep a page cache (tmpfs pages cannot be dropped).

@@ -14,6 +14,7 @@ import { FileBacking } from '../src/io/file-backing.js';
 import { Pool } from '../src/pool/pool.js';
 import { poolStatus, statusLines } from '../src/pool/status.js';
 import { CLI, thinTool } from './_helpers/cli.js';
+import { cachedBelow, cachedBytes } from './_helpers/page-cache.js';
 import { makePool, openPool, oracle, tempDir } from './_helpers/pool.js';
 import { genPoolXml } from './_helpers/xml-gen.js';
 
@@ -328,11 +329,7 @@ test('blocks written through the pool leave the host page cache once a flush mad
   const dataFile = path.join(dir, 'data');
   t.true(cachedBytes(dataFile) >= data.length / 2, 'the writes are in the page cache before the flush');
   await pool.flush();
-  let cached = cachedBytes(dataFile);
-  for (let i = 0; i < 100 && cached >= data.length / 8; i++) {
-    await new Promise((r) => setTimeout(r, 50));
-    cached = cachedBytes(dataFile);
-  }
+  const cached = await cachedBelow(dataFile, data.length / 8);
   t.true(cached < data.length / 8, `${cached} of ${data.length} written bytes still cached after the flush`);
   const back = Buffer.alloc(data.length);
   await pool.read(d.devId, back, 0, d.size);
@@ -340,8 +337,3 @@ test('blocks written through the pool leave the host page cache once a flush mad
   await pool.close();
   await oracle(t, dir);
 });
-
-/** Bytes of `file` in the host page cache (util-linux fincore). */
-function cachedBytes(file: string): number {
-  return Number(spawnSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', file], { encoding: 'utf8' }).stdout.trim());
-}
