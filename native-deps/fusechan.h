@@ -20,7 +20,9 @@
 // kernel keeps to. Only reads grow (replies have no such buffer).
 //
 // The file also has the waits on both sides of a request that needs JS
-// (fc_wait_reply, fc_js_active): both poll briefly before sleeping.
+// (fc_wait_reply, fc_js_active): both poll briefly before sleeping. A FUSE
+// thread about to wait for a copy-on-write first reads the old block for JS
+// (fastpath.h's fp_cow_read_ahead, which must be included before this file).
 //
 // The channel does what libfuse2's own kernel channel does (read(2) one
 // request, writev(2) one reply, the same error handling), on a dup of the

@@ -41,7 +41,7 @@ const PREALLOC_CHUNK = 64;
 const PREALLOC_LOW = 32;
 /** The most free blocks one hole lookup marks as known zero. */
 const HOLE_RUN = 4096;
-/** The most blocks written through the pool that one commit drops from the host page cache. */
+/** The most blocks written through the pool between two data flushes that are tracked for dropWritten. */
 const DROP_MAX = 65536;
 
 export type PoolMode = 'write' | 'out_of_data_space' | 'read_only' | 'fail';
@@ -468,7 +468,8 @@ export class Pool {
       for (const b of freed) this.settling.add(b);
       const flushData = this.dataDirty;
       this.dataDirty = false;
-      written = this.takeWritten();
+      // Only what this commit's data flush makes durable; the rest waits for a later flush.
+      if (flushData) written = this.takeWritten();
       await this.md.commit(() => (flushData ? this.flushDataFile() : Promise.resolve()));
     } catch (e) {
       const err = isThinError(e) ? e : new ThinError('IO_ERROR', `commit failed: ${(e as Error).message}`);
