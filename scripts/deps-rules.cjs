@@ -9,6 +9,9 @@
 //
 //   npx depcruise --config scripts/deps-rules.cjs src      (npm run layers)
 //
+// npm run layers also runs scripts/file-lines.mjs: no file under src/ may
+// grow past 600 lines.
+//
 // Sources are TypeScript with NodeNext `.js` specifiers (`./foo.js` is
 // foo.ts); the tsconfig makes the resolver map those, and type-only imports
 // count (tsPreCompilationDeps), since a type import couples layers as well.
@@ -31,9 +34,23 @@ const layerRules = LAYERS.slice(0, -1).map((layer, i) => {
   };
 });
 
+// Inside src/pool, the parts of an open pool (see the header of
+// src/pool/pool.ts) are ordered the same way: each may import only the
+// parts before it, and pool.ts, the facade, wires them all.
+const POOL_PARTS = ['context', 'modes', 'commit', 'provision', 'quiesce', 'io-path', 'devices', 'resize'];
+
+const poolPartRules = POOL_PARTS.map((part, i) => ({
+  name: `pool-part-${part}`,
+  comment: `src/pool/${part}.ts must not import the facade pool.ts or the pool parts after it: ${POOL_PARTS.slice(i + 1).join(', ') || 'none'}.`,
+  severity: 'error',
+  from: { path: `^src/pool/${part}\\.ts$` },
+  to: { path: `^src/pool/(${[...POOL_PARTS.slice(i + 1), 'pool'].join('|')})\\.ts$` },
+}));
+
 module.exports = {
   forbidden: [
     ...layerRules,
+    ...poolPartRules,
     {
       name: 'no-cycle-across-layers',
       comment:
