@@ -5,6 +5,11 @@ import { IO_CHUNK } from '../base/units.js';
 import type { BackingFile } from './backing-file.js';
 import { native } from './native.js';
 
+// The BackingFile of a real sparse file on the host filesystem: positional
+// reads and writes (sync and on the threadpool), fdatasync, and the native
+// addon for holes, hole lookups, host space allocated ahead, page-cache drops
+// and in-file copies.
+
 const preadAsync = promisify(fs.read);
 const pwriteAsync = promisify(fs.write);
 const fdatasyncAsync = promisify(fs.fdatasync);

@@ -1,3 +1,4 @@
+// Types for sparse-bitfield (the package ships none): only what ZeroBlocks uses.
 declare module 'sparse-bitfield' {
   interface Bitfield {
     get(index: number): boolean;
