@@ -141,10 +141,18 @@ function buildFuseNative() {
   const libfuse = findLibfuse(upstreamRequire);
 
   // Up to date when the stamp matches everything the build reads. (Not mtimes:
-  // npm gives every file it unpacks the same old mtime.)
+  // npm gives every file it unpacks the same old mtime.) The headers are every
+  // .h here: fastpath.h, the parts it includes (fp_*.h), fusechan.h. Each
+  // input's name goes in too, so that moving code between headers counts.
+  const headers = fs
+    .readdirSync(here)
+    .filter((f) => f.endsWith('.h'))
+    .sort()
+    .map((f) => path.join(here, f));
   const hash = createHash('sha256');
-  for (const input of [...files.map((f) => path.join(upstream, f)), patchFile, path.join(here, 'fastpath.h'), path.join(here, 'fusechan.h')]) {
+  for (const input of [...files.map((f) => path.join(upstream, f)), patchFile, ...headers]) {
     try {
+      hash.update(`${path.basename(input)}\0`);
       hash.update(fs.readFileSync(input));
     } catch (e) {
       die(`cannot read ${input}: ${e instanceof Error ? e.message : String(e)}`);
@@ -192,7 +200,8 @@ function buildFuseNative() {
     '-Wall',
     // What node-gyp (common.gypi) would define. fuse-native.c sets
     // FUSE_USE_VERSION 29 itself; libfuse's headers insist on 64-bit off_t.
-    // _GNU_SOURCE: fastpath.h opens POOL/data again with O_DIRECT.
+    // _GNU_SOURCE: the fast path opens POOL/data again with O_DIRECT
+    // (fp_napi.h) and starts writeback with sync_file_range (fp_helpers.h).
     '-D_GNU_SOURCE',
     '-D_FILE_OFFSET_BITS=64',
     '-D_LARGEFILE_SOURCE',
@@ -201,7 +210,8 @@ function buildFuseNative() {
     `-I${nodeInclude}`,
     `-I${napiMacros}`,
     `-I${libfuse.include}`,
-    // fastpath.h, which the patched fuse-native.c includes.
+    // fastpath.h and fusechan.h, which the patched fuse-native.c includes
+    // (fastpath.h includes its parts, fp_*.h, from beside itself).
     `-I${here}`,
     ...cflags,
     '-o',

@@ -22,7 +22,8 @@
 // The file also has the waits on both sides of a request that needs JS
 // (fc_wait_reply, fc_js_active): both poll briefly before sleeping. A FUSE
 // thread about to wait for a copy-on-write first reads the old block for JS
-// (fastpath.h's fp_cow_read_ahead, which must be included before this file).
+// (fp_cow_read_ahead, in fastpath.h's fp_helpers.h: fastpath.h must be
+// included before this file).
 //
 // The channel does what libfuse2's own kernel channel does (read(2) one
 // request, writev(2) one reply, the same error handling), on a dup of the
@@ -228,7 +229,7 @@ static void fc_wait_reply_inner(uv_sem_t *sem) {
 /**
  * A FUSE thread's wait for JS's answer. A write that missed on a block
  * shared with a snapshot first reads that block for JS's copy-on-write
- * (fastpath.h's fp_cow_read_ahead), so the read overlaps JS waking up.
+ * (fp_helpers.h's fp_cow_read_ahead), so the read overlaps JS waking up.
  */
 static void fc_wait_reply(uv_sem_t *sem) {
   fp_cow_read_ahead();

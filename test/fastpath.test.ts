@@ -392,7 +392,7 @@ test.serial('fast path: 1 MiB reads are one request, read with O_DIRECT (own blo
   tfOk(['check', e.pool]);
 });
 
-// Copy-on-write read-ahead (native-deps/fastpath.h): a partial write to a
+// Copy-on-write read-ahead (native-deps/fp_helpers.h): a partial write to a
 // block shared with a snapshot is handed to JS, and the FUSE thread reads
 // the old block while JS wakes; JS's copy takes it from there. The device's
 // mappings are in the table from its first request on (FastPath.warm), so

@@ -156,7 +156,7 @@ export class FastPath implements MappingHooks {
    * exact as any other insert), until WARM_MAX or the record changes. Why:
    * a device read or written at random otherwise takes the JS path once per
    * block before the fast path knows it, and a write to a shared block the
-   * table does not know cannot have its copy read ahead (fastpath.h).
+   * table does not know cannot have its copy read ahead (native-deps/fp_helpers.h).
    */
   private warm(dev: DevId, record: DeviceRecord, from: number, budget: number): void {
     setImmediate(() => {
