@@ -2,8 +2,10 @@ import { ThinError } from '../base/errors.js';
 import type { DevId } from '../base/units.js';
 import { type PoolConfig, writeConfig } from '../pool/config.js';
 import type { FaultSpec, PoolFaults } from '../pool/faults.js';
+import { parseMessage } from '../pool/messages.js';
 import type { Pool } from '../pool/pool.js';
 import { poolStatus } from '../pool/status.js';
+import { lsRows, treeRows } from './device-rows.js';
 
 // The operations a user can ask of an open pool. The CLI runs them in its
 // own process when no daemon holds the pool, and sends them over the
@@ -48,6 +50,31 @@ function namedOf(c: OpContext, devId: DevId): string | undefined {
   return c.pool.registry.byId(devId)?.name;
 }
 
+/**
+ * Writes down which device a snapshot just made was taken of: dm-thin's
+ * metadata does not keep it, and `ls --tree` and `show` draw it (format and
+ * checks in registry.ts). The snapshot is committed by now; should this
+ * write fail, the tree falls back to inferring the origin, so the failure
+ * does not fail the snapshot.
+ */
+function recordOrigin(c: OpContext, devId: DevId, origin: DevId): void {
+  const md = c.pool.md;
+  if (!md.hasDevice(devId) || !md.hasDevice(origin)) return;
+  try {
+    c.pool.registry.recordOrigin({ devId, origin, time: md.getDetails(devId).creationTime });
+  } catch {
+    // See above: the origin is inferred instead.
+  }
+}
+
+/** A device given by name or by dev id (thin_delta's --thin1/--thin2), exactly one of them. */
+function devIdOf(c: OpContext, name: string | undefined, devId: number | undefined, which: string): DevId {
+  const flag = which === 'first' ? '--thin1' : '--thin2';
+  if (name === undefined && devId === undefined) throw new ThinError('EINVAL_ARG', `the ${which} device is missing: give its name or ${flag} ID`);
+  if (name !== undefined && devId !== undefined) throw new ThinError('EINVAL_ARG', `give the ${which} device by name or by ${flag} ID, not both`);
+  return name === undefined ? devId as DevId : c.pool.registry.get(name).devId;
+}
+
 export const OPS = {
   async message(c: OpContext, a: { message: string }) {
     const words = a.message.trim().split(/\s+/);
@@ -56,6 +83,9 @@ export const OPS = {
       if (name) refuseIfOpen(c, name, 'delete');
     }
     await c.pool.message(a.message);
+    const msg = parseMessage(a.message);
+    if (msg.kind === 'create_snap') recordOrigin(c, msg.dev, msg.origin);
+    if (msg.kind === 'delete') c.pool.registry.forgetOrigin(msg.dev);
     return { message: a.message };
   },
 
@@ -69,7 +99,10 @@ export const OPS = {
   },
 
   async snapshot(c: OpContext, a: { origin: string; name: string; size?: number }) {
-    return c.pool.snapshot(a.origin, a.name, a.size);
+    const origin = c.pool.registry.get(a.origin).devId;
+    const d = await c.pool.snapshot(a.origin, a.name, a.size);
+    recordOrigin(c, d.devId, origin);
+    return d;
   },
 
   // The layer store's own devices (layer/<id>, see registry.ts): the same
@@ -79,7 +112,10 @@ export const OPS = {
   },
 
   async layerSnapshot(c: OpContext, a: { origin: string; name: string; size?: number }) {
-    return c.pool.snapshot(a.origin, a.name, a.size, { namespaced: true });
+    const origin = c.pool.registry.get(a.origin).devId;
+    const d = await c.pool.snapshot(a.origin, a.name, a.size, { namespaced: true });
+    recordOrigin(c, d.devId, origin);
+    return d;
   },
 
   /** The layer namespace's devices that exist, name and dev id (cheap: no mapping walk). */
@@ -100,18 +136,28 @@ export const OPS = {
   },
 
   async ls(c: OpContext) {
-    const bs = c.pool.blockBytes;
-    return c.pool.usage().map((u) => ({
-      name: u.name ?? null,
-      devId: u.devId,
-      size: u.size ?? null,
-      mappedBytes: u.mappedBlocks * bs,
-      exclusiveBytes: u.exclusiveBlocks * bs,
-      sharedBytes: u.sharedBlocks * bs,
-      mappedBlocks: u.mappedBlocks,
-      exclusiveBlocks: u.exclusiveBlocks,
-      sharedBlocks: u.sharedBlocks,
-    }));
+    return lsRows(c.pool);
+  },
+
+  /** ls in snapshot-tree order, with each device's origin (ls --tree). */
+  async tree(c: OpContext) {
+    return treeRows(c.pool);
+  },
+
+  /** What `show` draws: the tree, the block map and the pool's usage (src/frontends/show/model.ts). */
+  async show(c: OpContext) {
+    await c.pool.commit();
+    const { showModel } = await import('./show/model.js');
+    return showModel(c.pool, await treeRows(c.pool));
+  },
+
+  /** thin_delta's output for two devices (src/pool/delta.ts), on the committed metadata. */
+  async delta(c: OpContext, a: { left?: string; right?: string; thin1?: number; thin2?: number; verbose?: boolean }) {
+    const left = devIdOf(c, a.left, a.thin1, 'first');
+    const right = devIdOf(c, a.right, a.thin2, 'second');
+    await c.pool.commit();
+    const { deviceDelta } = await import('../pool/delta.js');
+    return { xml: deviceDelta(c.pool.md, left, right, Boolean(a.verbose)) };
   },
 
   async status(c: OpContext) {
@@ -218,6 +264,7 @@ const ARG_TYPES: Record<string, 'string' | 'integer' | 'boolean'> = {
   name: 'string', origin: 'string', message: 'string', data: 'string',
   size: 'integer', devId: 'integer', offset: 'integer', length: 'integer', dataSize: 'integer', metadataSize: 'integer',
   metadataSnap: 'boolean',
+  left: 'string', right: 'string', thin1: 'integer', thin2: 'integer', verbose: 'boolean',
 };
 
 function checkArgs(op: string, args: unknown): object {

@@ -10,6 +10,23 @@ import { type PoolFiles, realPoolFiles, writeFileAtomic } from '../io/pool-files
 // metadata goes through an intent record: write the intent, commit the
 // metadata, then finish. On open only the dev id of an unfinished intent is
 // reconciled with the metadata; unnamed devices are never touched.
+//
+// POOL/devices is JSON:
+//
+//   { "devices": [{ "name": "base", "devId": 0, "size": 268435456 }, ...],
+//     "intent": null | { "op": "add" | "remove", "device": { name, devId, size } },
+//     "origins": [{ "devId": 1, "origin": 0, "time": 1 }, ...] }
+//
+// `origins` (added later; a file without it reads as none, and older
+// thinfuse ignores it) records which device each snapshot thinfuse made was
+// taken of: dm-thin's metadata does not keep it. `time` is the snapshot's
+// creation_time, so a record can be checked against the metadata: it holds
+// only while device `devId` has that creation_time and device `origin` was
+// created before it (a dev id reused after a delete gets a later time). A
+// record is written after the snapshot's commit, so a crash in between
+// leaves the snapshot without one (thinfuse ls --tree then infers it).
+// Records of any device, named or not, are kept; a removal drops the
+// removed device's own record.
 
 export const REGISTRY_FILE = 'devices';
 
@@ -24,9 +41,18 @@ export type Intent =
   | { op: 'add'; device: NamedDevice }
   | { op: 'remove'; device: NamedDevice };
 
+/** The origin a snapshot was taken of, as recorded when thinfuse made it. */
+export interface OriginRecord {
+  devId: DevId;
+  origin: DevId;
+  /** The snapshot's creation_time: the record holds only while the device still has it. */
+  time: number;
+}
+
 interface RegistryFile {
   devices: NamedDevice[];
   intent: Intent | null;
+  origins?: OriginRecord[];
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.+:@-]{0,127}$/;
@@ -58,6 +84,8 @@ export interface NameOptions {
 
 export class Registry {
   private devices = new Map<string, NamedDevice>();
+  /** Recorded snapshot origins by the snapshot's dev id. */
+  private originRecords = new Map<number, OriginRecord>();
   intent: Intent | null = null;
 
   private constructor(private readonly file: string, private readonly files: PoolFiles) {}
@@ -73,6 +101,7 @@ export class Registry {
     }
     checkShape(r.file, raw);
     for (const d of raw.devices ?? []) r.devices.set(d.name, d);
+    for (const o of raw.origins ?? []) r.originRecords.set(o.devId, o);
     r.intent = raw.intent ?? null;
     return r;
   }
@@ -112,7 +141,10 @@ export class Registry {
   finish(): void {
     const i = this.intent;
     if (i?.op === 'add') this.devices.set(i.device.name, i.device);
-    if (i?.op === 'remove') this.devices.delete(i.device.name);
+    if (i?.op === 'remove') {
+      this.devices.delete(i.device.name);
+      this.originRecords.delete(i.device.devId);
+    }
     this.intent = null;
     this.save();
   }
@@ -134,8 +166,26 @@ export class Registry {
     this.save();
   }
 
+  /** The recorded origins, by snapshot dev id (check them against the metadata before use). */
+  origins(): OriginRecord[] {
+    return [...this.originRecords.values()].sort((a, b) => a.devId - b.devId);
+  }
+
+  /** Records what a snapshot just made was taken of (after its commit). */
+  recordOrigin(o: OriginRecord): void {
+    this.originRecords.set(o.devId, { devId: o.devId, origin: o.origin, time: o.time });
+    this.save();
+  }
+
+  /** Drops a deleted device's record, so its dev id starts clean when reused. */
+  forgetOrigin(devId: DevId): void {
+    if (this.originRecords.delete(devId)) this.save();
+  }
+
   private save(): void {
     const body: RegistryFile = { devices: this.list(), intent: this.intent };
+    // Written only when there is one, so a pool without snapshots keeps the old file exactly.
+    if (this.originRecords.size > 0) body.origins = this.origins();
     writeFileAtomic(this.file, JSON.stringify(body, null, 2) + '\n', this.files);
   }
 }
@@ -146,7 +196,7 @@ function checkShape(file: string, raw: unknown): asserts raw is RegistryFile {
     throw new ThinError('EINVAL_ARG', `${file} is damaged (${why}); restore it from a backup or remove it (names are lost, data is not)`);
   };
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) bad('not a JSON object');
-  const o = raw as { devices?: unknown; intent?: unknown };
+  const o = raw as { devices?: unknown; intent?: unknown; origins?: unknown };
   if (o.devices !== undefined && !Array.isArray(o.devices)) bad('"devices" is not a list');
   const names = new Set<string>();
   for (const d of (o.devices ?? []) as unknown[]) {
@@ -154,6 +204,7 @@ function checkShape(file: string, raw: unknown): asserts raw is RegistryFile {
     if (names.has((d as NamedDevice).name)) bad(`the name '${(d as NamedDevice).name}' appears twice`);
     names.add((d as NamedDevice).name);
   }
+  checkOrigins(o.origins, bad);
   if (o.intent === undefined || o.intent === null) return;
   const i = o.intent as { op?: unknown; device?: unknown };
   if (typeof i !== 'object' || (i.op !== 'add' && i.op !== 'remove')) bad('the intent is not an add or a remove');
@@ -166,4 +217,15 @@ function checkDevice(d: unknown, bad: (why: string) => never): void {
   if (typeof x.name !== 'string' || x.name.length === 0 || x.name.length > 256) bad('a device has no valid name');
   if (!Number.isSafeInteger(x.devId) || x.devId! < 0 || x.devId! > MAX_DEV_ID) bad(`device '${x.name}' has an invalid dev id`);
   if (!Number.isSafeInteger(x.size) || x.size! < 0 || x.size! % SECTOR !== 0) bad(`device '${x.name}' has an invalid size`);
+}
+
+function checkOrigins(origins: unknown, bad: (why: string) => never): void {
+  if (origins === undefined) return;
+  if (!Array.isArray(origins)) bad('"origins" is not a list');
+  const isId = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) <= MAX_DEV_ID;
+  for (const x of origins as Array<Partial<OriginRecord> | null>) {
+    if (typeof x !== 'object' || x === null) bad('an origin entry is not an object');
+    if (!isId(x.devId) || !isId(x.origin)) bad('an origin entry has an invalid dev id');
+    if (!Number.isSafeInteger(x.time) || x.time! < 0 || x.time! >= 2 ** 32) bad(`the origin entry of device ${x.devId} has an invalid time`);
+  }
 }

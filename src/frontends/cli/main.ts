@@ -10,6 +10,7 @@ import { makeOut, type Out, reportError, table } from './output.js';
 import { serveCommands, withFrozen } from './serve-commands.js';
 import { layerStoreCommands } from './layer-commands.js';
 import { faultCommands } from './fault-commands.js';
+import { lookCommands, treeLines } from './show-commands.js';
 
 // The `thinfuse` command. Each action parses its arguments, opens the pool
 // (taking its lock), does one thing through the pool API, and prints the
@@ -165,7 +166,13 @@ function deviceCommands(program: Command): void {
 
   program.command('ls <pool>')
     .description('list thin devices: name, dev id, size, mapped, exclusive and shared bytes')
-    .action(run(async (out, dir: string) => {
+    .option('--tree', 'as the snapshot tree: each snapshot under its origin (recorded by thinfuse, else inferred and marked *)')
+    .action(run(async (out, dir: string, o: { tree?: boolean }) => {
+      if (o.tree) {
+        const rows = await callOp(dir, 'tree', {});
+        out.result(rows, treeLines(rows));
+        return;
+      }
       const rows = await callOp(dir, 'ls', {});
       out.result(rows,
         table([['NAME', 'DEV', 'SIZE', 'MAPPED', 'EXCLUSIVE', 'SHARED'], ...rows.map((r) => [
@@ -309,6 +316,7 @@ export function buildProgram(): Command {
   serveCommands(program, run);
   layerStoreCommands(program, run);
   faultCommands(program, run);
+  lookCommands(program, run);
   for (const c of program.commands) {
     c.addOption(new Option('--json', 'print the result as JSON'));
     for (const s of c.commands) s.addOption(new Option('--json', 'print the result as JSON'));
