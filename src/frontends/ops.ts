@@ -2,7 +2,6 @@ import { ThinError } from '../base/errors.js';
 import type { DevId } from '../base/units.js';
 import { type PoolConfig, writeConfig } from '../pool/config.js';
 import type { FaultSpec, PoolFaults } from '../pool/faults.js';
-import { parseMessage } from '../pool/messages.js';
 import type { Pool } from '../pool/pool.js';
 import { poolStatus } from '../pool/status.js';
 import { lsRows, treeRows } from './device-rows.js';
@@ -50,23 +49,6 @@ function namedOf(c: OpContext, devId: DevId): string | undefined {
   return c.pool.registry.byId(devId)?.name;
 }
 
-/**
- * Writes down which device a snapshot just made was taken of: dm-thin's
- * metadata does not keep it, and `ls --tree` and `show` draw it (format and
- * checks in registry.ts). The snapshot is committed by now; should this
- * write fail, the tree falls back to inferring the origin, so the failure
- * does not fail the snapshot.
- */
-function recordOrigin(c: OpContext, devId: DevId, origin: DevId): void {
-  const md = c.pool.md;
-  if (!md.hasDevice(devId) || !md.hasDevice(origin)) return;
-  try {
-    c.pool.registry.recordOrigin({ devId, origin, time: md.getDetails(devId).creationTime });
-  } catch {
-    // See above: the origin is inferred instead.
-  }
-}
-
 /** A device given by name or by dev id (thin_delta's --thin1/--thin2), exactly one of them. */
 function devIdOf(c: OpContext, name: string | undefined, devId: number | undefined, which: string): DevId {
   const flag = which === 'first' ? '--thin1' : '--thin2';
@@ -83,9 +65,6 @@ export const OPS = {
       if (name) refuseIfOpen(c, name, 'delete');
     }
     await c.pool.message(a.message);
-    const msg = parseMessage(a.message);
-    if (msg.kind === 'create_snap') recordOrigin(c, msg.dev, msg.origin);
-    if (msg.kind === 'delete') c.pool.registry.forgetOrigin(msg.dev);
     return { message: a.message };
   },
 
@@ -99,10 +78,7 @@ export const OPS = {
   },
 
   async snapshot(c: OpContext, a: { origin: string; name: string; size?: number }) {
-    const origin = c.pool.registry.get(a.origin).devId;
-    const d = await c.pool.snapshot(a.origin, a.name, a.size);
-    recordOrigin(c, d.devId, origin);
-    return d;
+    return c.pool.snapshot(a.origin, a.name, a.size);
   },
 
   // The layer store's own devices (layer/<id>, see registry.ts): the same
@@ -112,10 +88,7 @@ export const OPS = {
   },
 
   async layerSnapshot(c: OpContext, a: { origin: string; name: string; size?: number }) {
-    const origin = c.pool.registry.get(a.origin).devId;
-    const d = await c.pool.snapshot(a.origin, a.name, a.size, { namespaced: true });
-    recordOrigin(c, d.devId, origin);
-    return d;
+    return c.pool.snapshot(a.origin, a.name, a.size, { namespaced: true });
   },
 
   /** The layer namespace's devices that exist, name and dev id (cheap: no mapping walk). */

@@ -13,7 +13,9 @@ import type { NamedDevice, NameOptions } from './registry.js';
 // registry (create, snapshot, activate, remove, deactivate, resize). A name
 // changes with an intent in the registry around the metadata change and its
 // commit, so a crash leaves no dangling name (reconcile finishes or drops
-// it at the next open). Calls the transactions, the modes and the quiesce.
+// it at the next open). Snapshots' origins, which dm-thin does not keep, are
+// recorded in the registry too. Calls the transactions, the modes and the
+// quiesce.
 
 export class Devices {
   /** Serializes changes to device names: the registry has one intent slot. */
@@ -89,6 +91,22 @@ export class Devices {
       });
       await this.tx.commit();
     });
+    this.recordOrigin(dev, origin);
+  }
+
+  /**
+   * Writes down which device a snapshot was taken of (registry.ts): dm-thin's
+   * metadata does not keep it, and `ls --tree` and `show` draw it. After the
+   * commit, and never failing the snapshot: without a record the tree
+   * infers the origin (snapshot-tree.ts).
+   */
+  private recordOrigin(dev: DevId, origin: DevId): void {
+    const md = this.ctx.md;
+    try {
+      if (md.hasDevice(dev) && md.hasDevice(origin)) this.ctx.registry.recordOrigin({ devId: dev, origin, time: md.getDetails(dev).creationTime });
+    } catch {
+      // See above: the origin is inferred instead.
+    }
   }
 
   /** Deletes a device; a named one loses its name in the same step. */
@@ -114,6 +132,7 @@ export class Devices {
       throw e;
     }
     if (named) registry.finish();
+    registry.forgetOrigin(dev);
   }
 
   //----------------------------------------------------------------------------
