@@ -42,7 +42,7 @@
 //  - Every pool operation that changes a mapping or its sharing revokes the
 //    affected entries (or their writable bit) and drains, synchronously in
 //    the same JS tick as the metadata change, so nothing can re-insert the
-//    old state in between (src/pool/pool.ts MappingHooks): discard/unmap (the
+//    old state in between (src/pool/hooks.ts MappingHooks): discard/unmap (the
 //    range), snapshot (the origin's writable bits), device delete,
 //    deactivate and resize (the device's entries and record), a metadata
 //    abort (everything), pool mode read_only (all writable bits) and fail
@@ -104,11 +104,11 @@
 // `written` (one bit per data block of the pool when configured; a block
 // past that, after the pool grew, is not tracked). At each commit JS takes
 // and clears them (fastpath_take_written) and, once the commit made them
-// durable, drops those blocks from the host page cache (src/pool/pool.ts
+// durable, drops those blocks from the host page cache (src/pool/commit.ts
 // dropWritten says why). Only a hint: a bit set by a write still in flight
 // may be taken early, and the kernel keeps pages that are dirty again.
 //
-// Speculative entries (src/pool/pool.ts provisions blocks ahead of a
+// Speculative entries (src/pool/provision.ts provisions blocks ahead of a
 // sequential writer): an entry may carry a "speculative" bit; every
 // fast-path write marks the slots it wrote in `touched` before it leaves its
 // epoch. JS resets a slot's mark before it publishes a speculative entry

@@ -234,7 +234,7 @@ test.serial('fast path: JS-path reads through the data cache never return a bloc
   runOk('thin_check', [`${e.pool}/metadata`]);
 });
 
-// Provisioning ahead (src/pool/pool.ts provisionAhead, fast-path.ts ahead /
+// Provisioning ahead (src/pool/provision.ts provisionAhead, fast-path.ts ahead /
 // settle): sequential writers make the pool map blocks before they are
 // written. Snapshots taken mid-stream must hold each writer's prefix and
 // zeros after it (speculative blocks nothing wrote are unmapped before the
