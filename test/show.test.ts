@@ -164,6 +164,14 @@ test('inference: times pick the candidates, shared blocks or a shared root the o
   await msg('create_snap 5 4'); // an empty origin: the same mapping-tree root is the evidence
   await msg('create_snap 6 2');
   await pool.write(6 as DevId, Buffer.alloc(B, 3), 0, B);
+  // The pool records every create_snap's origin, even one made by a bare message.
+  const recorded = await OPS.tree({ pool });
+  const was = (dev: number) => recorded.find((r) => r.devId === dev)!;
+  t.deepEqual([1, 2, 3, 5, 6].map((d) => [d, was(d).origin, was(d).originSource]), [
+    [1, 0, 'recorded'], [2, 1, 'recorded'], [3, 0, 'recorded'], [5, 4, 'recorded'], [6, 2, 'recorded'],
+  ]);
+  // Without records (the kernel's pools, an older thinfuse) the origins are inferred.
+  for (const d of [1, 2, 3, 5, 6]) pool.registry.forgetOrigin(d as DevId);
   const rows = await OPS.tree({ pool });
   const of = (dev: number) => rows.find((r) => r.devId === dev)!;
   t.deepEqual([1, 2, 3, 5, 6].map((d) => [d, of(d).origin, of(d).originSource]), [
