@@ -68,6 +68,17 @@ export const OPS = {
     return { message: a.message };
   },
 
+  /** dm's suspend of a named device: its writes wait until resume, after a flush. */
+  async suspend(c: OpContext, a: { name: string }) {
+    await c.pool.suspend(c.pool.registry.get(a.name).devId);
+    return { name: a.name, suspended: true };
+  },
+
+  async resume(c: OpContext, a: { name: string }) {
+    c.pool.resume(c.pool.registry.get(a.name).devId);
+    return { name: a.name, suspended: false };
+  },
+
   async activate(c: OpContext, a: { name: string; devId: number; size: number }) {
     return c.pool.activate(a.name, a.devId as DevId, a.size);
   },

@@ -12,6 +12,8 @@ export type PoolMode = 'write' | 'out_of_data_space' | 'read_only' | 'fail';
 export class PoolModes {
   private current: PoolMode = 'write';
   lowWaterEvents = 0;
+  /** dm's event counter: low-water crossings and mode changes (dmsetup info's Event number, dmsetup wait). */
+  events = 0;
   private lowWaterArmed = true;
   private spaceWaiters: Array<() => void> = [];
   private noSpaceExpired = false;
@@ -27,6 +29,7 @@ export class PoolModes {
 
   /** read_only takes away writes in place, fail all I/O: copies of mappings are told first. */
   set mode(m: PoolMode) {
+    if (m !== this.current) this.events++;
     if (m === 'read_only' || m === 'fail') {
       this.ctx.hooks?.dirtied?.();
       this.ctx.hooks?.revoke(undefined, m === 'fail' ? 'all' : 'writes');
@@ -60,6 +63,7 @@ export class PoolModes {
     if (this.lowWaterArmed && this.ctx.md.dsm.nrFree <= this.ctx.config.lowWaterMark) {
       this.lowWaterArmed = false;
       this.lowWaterEvents++;
+      this.events++;
     }
   }
 
