@@ -9,6 +9,7 @@ import { dumpCommand, restoreCommand, checkCommand } from './metadata-commands.j
 import { makeOut, type Out, reportError, table } from './output.js';
 import { serveCommands, withFrozen } from './serve-commands.js';
 import { layerStoreCommands } from './layer-commands.js';
+import { snapshotterCommand } from './snapshotter-command.js';
 import { faultCommands } from './fault-commands.js';
 import { lookCommands, treeLines } from './show-commands.js';
 
@@ -315,6 +316,7 @@ export function buildProgram(): Command {
   checkCommand(program, run);
   serveCommands(program, run);
   layerStoreCommands(program, run);
+  snapshotterCommand(program, run);
   faultCommands(program, run);
   lookCommands(program, run);
   // Only for --help: main() hands `thinfuse dmsetup ...` to dmsetup-command.ts.

@@ -29,7 +29,11 @@ export async function reconcile(st: StoreState): Promise<void> {
     st.served = served;
     await reconcileMounts(st, served.mountpoint);
   } else {
-    for (const l of Object.values(st.data.layers)) l.mounts = [];
+    // No serve: no loop device can be over a layer file, held or not.
+    for (const l of Object.values(st.data.layers)) {
+      l.mounts = [];
+      delete l.held;
+    }
   }
   clearTmp(st);
   const intent = st.data.intent;
@@ -59,6 +63,8 @@ async function reconcileMounts(st: StoreState, mountpoint: string): Promise<void
   const detached: string[] = [];
   for (const loop of loops) {
     const id = loop.file.slice(prefix.length);
+    // A held layer's loop and whatever containerd mounted from it are not ours to clear.
+    if (st.data.layers[id]?.held) continue;
     const want = st.data.layers[id]?.mounts.map((m) => m.dir) ?? [];
     let kept = false;
     for (const t of table.filter((x) => x.source === loop.dev)) {

@@ -28,7 +28,7 @@ export async function ensureServed(st: StoreState): Promise<string> {
 
 export async function stopIdleDaemon(st: StoreState): Promise<void> {
   const d = st.data.daemon;
-  if (!d || st.mountedLayers().length > 0) return;
+  if (!d || st.mountedLayers().length > 0 || st.heldLayers().length > 0) return;
   const s = await servedBy(st.pool);
   // Only the very serve we started: never one started by hand since.
   if (s && s.pid === d.pid) await stopDaemon(s);

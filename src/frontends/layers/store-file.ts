@@ -17,7 +17,8 @@ import type { FsType } from './options.js';
 //     "daemon": { pid, mountpoint } | null  a serve this store started itself }
 //
 //   Layer = { id, device: "layer/ID", devId (null until made), size, parent (layer id, null for the
-//             base), kind: base|layer|init|container, state, mounts: [{dir, count, temp}], diffId?, created }
+//             base), kind: base|layer|init|container, state, mounts: [{dir, count, temp}], diffId?, created,
+//             held? (true while the containerd snapshotter keeps it on a loop device for containerd to mount) }
 //   state: creating (device may or may not exist yet) | ready | deleting | deferred (removed while
 //          mounted; deleted on the last unmount)
 //   Image = { name, top, layers: [ids bottom first], config, created }
@@ -59,6 +60,8 @@ export interface LayerRecord {
   mounts: MountRecord[];
   diffId?: string;
   created: string;
+  /** Kept on a loop device for an outside user (the containerd snapshotter) between commands; reconcile leaves its loop and mounts alone. */
+  held?: boolean;
 }
 
 export interface ImageRecord {

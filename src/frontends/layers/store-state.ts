@@ -33,4 +33,9 @@ export class StoreState {
   mountedLayers(): LayerRecord[] {
     return Object.values(this.data.layers).filter((l) => l.mounts.length > 0);
   }
+
+  /** Layers an outside user keeps on a loop device (the containerd snapshotter's active snapshots and views). */
+  heldLayers(): LayerRecord[] {
+    return Object.values(this.data.layers).filter((l) => l.held === true);
+  }
 }
