@@ -12,7 +12,7 @@ import { writeFileAtomic } from '../../io/pool-files.js';
 //
 //   Snap = { ns, key, layer: "ctd-N" (a layer in layers.json), kind: active|view|committed,
 //            parent (a committed key in the same namespace, "" for none), labels, created, updated,
-//            state: creating|ready|removing }
+//            state: creating|ready|removing, size? (committed: exclusive bytes at commit, for Usage) }
 //
 // Protocol against the layer store (whose own intents cover each device):
 // Prepare/View write the record as `creating`, then make the layer, then
@@ -38,6 +38,8 @@ export interface SnapRecord {
   created: string;
   updated: string;
   state: 'creating' | 'ready' | 'removing';
+  /** Committed snapshots: the bytes it added over its parent, measured at commit (Usage). */
+  size?: number;
 }
 
 interface SnapFile {

@@ -129,9 +129,11 @@ export class SnapshotService {
       if (this.records.get(ns, name)) throw alreadyExists(`snapshot ${JSON.stringify(name)} already exists`);
       if (r.kind !== 'active') throw precondition(`snapshot ${JSON.stringify(key)} is not active (it is a ${r.kind === 'view' ? 'view' : 'committed snapshot'}); only an active snapshot can be committed`);
       await releaseLoop(this.store, r.layer, `cannot commit ${JSON.stringify(key)}`);
+      // Measured now, as devmapper does: once children share its blocks, none is exclusive to it.
+      const size = await exclusiveBytes(this.store, r.layer);
       const at = now();
       this.records.drop(r);
-      this.records.put({ ...r, key: name, kind: 'committed', labels, created: at, updated: at });
+      this.records.put({ ...r, key: name, kind: 'committed', labels, created: at, updated: at, size });
       this.records.save();
     });
   }
@@ -184,8 +186,12 @@ export class SnapshotService {
     });
   }
 
+  /** Exclusive bytes: live for active snapshots and views, as measured at commit for committed ones; inodes unknown (0). */
   usage(ns: string, key: string): Promise<Usage> {
-    return this.serial(async () => ({ size: await exclusiveBytes(this.store, this.find(ns, key).layer), inodes: 0 }));
+    return this.serial(async () => {
+      const r = this.find(ns, key);
+      return { size: r.size ?? (await exclusiveBytes(this.store, r.layer)), inodes: 0 };
+    });
   }
 
   /** Removes devices and records that a crash left half-made (what start-up does too). */
