@@ -12,6 +12,9 @@
 //                     written), container.init-ready, container.rw-device, container.record
 //   remove:           remove.intent (layers marked "deleting"), remove.unmounted, remove.device-deleted
 //                     (first device gone, others left), remove.record
+//   snapshotter:      snap.prepare-made (Prepare/View: device made and on a loop, record still "creating"),
+//                     snap.remove-marked (record "removing", device not yet removed), snap.commit-released
+//                     (Commit: loop detached, record still the active one)
 //
 // A step never fires in the daemon, only in the CLI process that runs the
 // operation.
@@ -21,6 +24,7 @@ export const FAILPOINTS = {
   imageImport: ['import.intent', 'import.layer-device', 'import.layer-mounted', 'import.layer-applied', 'import.layer-ready', 'import.image'],
   containerCreate: ['container.intent', 'container.init-device', 'container.init-mounted', 'container.init-ready', 'container.rw-device', 'container.record'],
   remove: ['remove.intent', 'remove.unmounted', 'remove.device-deleted', 'remove.record'],
+  snapshotter: ['snap.prepare-made', 'snap.remove-marked', 'snap.commit-released'],
 } as const;
 
 export type FailpointName = (typeof FAILPOINTS)[keyof typeof FAILPOINTS][number];

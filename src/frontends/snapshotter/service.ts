@@ -1,3 +1,4 @@
+import { failpoint } from '../layers/failpoints.js';
 import { LayerStore } from '../layers/store.js';
 import { type SnapshotterConfig, storeOptions } from './config.js';
 import { exclusiveBytes, holdLoop, releaseLoop } from './devices.js';
@@ -106,6 +107,7 @@ export class SnapshotService {
       this.records.save();
       await this.store.createLayer(r.layer, parentLayer);
       const dev = await holdLoop(this.store, r.layer);
+      failpoint('snap.prepare-made');
       r.state = 'ready';
       this.records.save();
       return this.mountsOf(r, dev);
@@ -129,6 +131,7 @@ export class SnapshotService {
       if (this.records.get(ns, name)) throw alreadyExists(`snapshot ${JSON.stringify(name)} already exists`);
       if (r.kind !== 'active') throw precondition(`snapshot ${JSON.stringify(key)} is not active (it is a ${r.kind === 'view' ? 'view' : 'committed snapshot'}); only an active snapshot can be committed`);
       await releaseLoop(this.store, r.layer, `cannot commit ${JSON.stringify(key)}`);
+      failpoint('snap.commit-released');
       // Measured now, as devmapper does: once children share its blocks, none is exclusive to it.
       const size = await exclusiveBytes(this.store, r.layer);
       const at = now();
@@ -146,6 +149,7 @@ export class SnapshotService {
       await releaseLoop(this.store, r.layer, `cannot remove ${JSON.stringify(key)}`);
       r.state = 'removing';
       this.records.save();
+      failpoint('snap.remove-marked');
       await this.store.removeLayers([r.layer]);
       this.records.drop(r);
       this.records.save();
