@@ -111,6 +111,14 @@ export class SnapClient {
     });
   }
 
+  /** A unary call whose request is these raw bytes, not a protobuf message of the method: the status code. */
+  raw(method: string, bytes: Buffer, ns: string): Promise<number> {
+    const md = new Metadata();
+    md.set('containerd-namespace', ns);
+    const p = `/containerd.services.snapshots.v1.Snapshots/${method}`;
+    return new Promise((resolve) => this.c.makeUnaryRequest(p, () => bytes, (b: Buffer) => b, {}, md, (e: ServiceError | null) => resolve(e ? e.code : 0)));
+  }
+
   close(): void {
     this.c.close();
   }
