@@ -14,7 +14,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { checkPoolOffline, pushStoreUndo } from './_helpers/layers.js';
-import { E2E, mountAt, runOk, tfJson, umountSync } from './_helpers/serve.js';
+import { E2E, mountAt, runOk, tf, tfJson, umountSync } from './_helpers/serve.js';
 import { bookkeeping, type Info, type Mount, SnapClient, startSnapshotter, stopSnapshotter } from './_helpers/snapshotter.js';
 
 const NOT_FOUND = 5;
@@ -227,6 +227,37 @@ test.serial('xfs: nouuid mounts, so the children of one snapshot mount side by s
   for (const key of ['v', 'b', 'c']) await c.call('Remove', { key }, 'x');
   t.deepEqual(devices(env.pool), ['layer/base']);
   c.close();
+  t.is(await stopSnapshotter(s), 0, s.child.log());
+  checkPoolOffline(t, env.pool);
+});
+
+test.serial('start-up refusals: a bad config, a pool or a socket already served; one line each, nothing made', async (t) => {
+  t.timeout(4 * 60_000);
+  const env = await E2E.start(t, 'thinfuse-ctd-');
+  pushStoreUndo(env);
+  const refuse = (args: string[], want: RegExp, what: string) => {
+    const r = tf(['snapshotter', ...args], { timeoutMs: 60_000 });
+    t.not(r.status, 0, `${what}: exit status`);
+    t.regex(r.stderr, want, what);
+    t.is(r.stderr.trim().split('\n').length, 1, `${what}: one line: ${r.stderr}`);
+  };
+  const conf = (name: string, text: string) => {
+    fs.writeFileSync(env.path(name), text);
+    return env.path(name);
+  };
+  const fresh = env.path('fresh');
+  refuse([fresh, '--socket', env.path('s0.sock'), '--config', conf('bad1.json', '{"base_image_size": "1G", "pool": "x"}')], /unknown key 'pool'/, 'unknown key');
+  refuse([fresh, '--socket', env.path('s0.sock'), '--config', conf('bad2.json', '{"fs_type": "btrfs"}')], /fs_type takes ext4 or xfs/, 'bad fs_type');
+  refuse([fresh, '--socket', env.path('s0.sock'), '--config', conf('bad3.json', '{nope')], /cannot read the snapshotter config/, 'not JSON');
+  refuse([fresh, '--socket', env.path('s0.sock'), '--config', conf('bad4.json', '{"base_image_size": "lots"}')], /base_image_size: cannot parse size/, 'bad size');
+  t.false(fs.existsSync(fresh), 'a refused start makes no pool');
+
+  const s = await startSnapshotter(env);
+  t.falsy(s.child.exited, s.child.log());
+  const before = bookkeeping(env.pool);
+  refuse([env.pool, '--socket', env.path('other.sock')], /layer store of .* is in use/, 'a second snapshotter on the pool');
+  refuse([env.path('P2'), '--socket', s.socket], /is in use by another server/, 'a socket already served');
+  t.is(bookkeeping(env.pool), before);
   t.is(await stopSnapshotter(s), 0, s.child.log());
   checkPoolOffline(t, env.pool);
 });

@@ -122,15 +122,20 @@ export function writeStore(pool: string, data: StoreData): void {
   writeFileAtomic(path.join(pool, STORE_FILE), JSON.stringify(data, null, 2) + '\n');
 }
 
-/** Takes POOL/layers.lock, waiting for another command that holds it. */
-export function lockStore(pool: string): () => void {
+/** Takes POOL/layers.lock, waiting for another command that holds it (or, with wait false, refusing). */
+export function lockStore(pool: string, wait = true): () => void {
   const file = path.join(pool, STORE_LOCK);
   const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
+  let taken: boolean;
   try {
-    native.flock(fd, true, false);
+    taken = native.flock(fd, true, !wait);
   } catch (e) {
     fs.closeSync(fd);
     throw new ThinError('IO_ERROR', `cannot lock ${file}: ${(e as Error).message}`);
+  }
+  if (!taken) {
+    fs.closeSync(fd);
+    throw new ThinError('POOL_LOCKED', `the layer store of ${pool} is in use (a thinfuse snapshotter, or a layer command); stop it or wait for it`);
   }
   return () => fs.closeSync(fd);
 }

@@ -37,14 +37,15 @@ export class LayerStore extends StoreState {
    * Locks the store and reconciles it with the pool (finishing or rolling
    * back what a crash interrupted). With `createPool`, makes the pool first
    * if there is none (dm.loopdatasize, dm.loopmetadatasize, dm.blocksize).
+   * With `wait: false`, refuses (POOL_LOCKED) instead of waiting for the lock.
    */
-  static async open(pool: string, opts: LayerOptions, o: { createPool?: boolean } = {}): Promise<LayerStore> {
+  static async open(pool: string, opts: LayerOptions, o: { createPool?: boolean; wait?: boolean } = {}): Promise<LayerStore> {
     pool = path.resolve(pool);
     if (!fs.existsSync(path.join(pool, 'metadata'))) {
       if (!o.createPool) throw new ThinError('POOL_MISSING', `no pool in ${pool}; create one with thinfuse layer init ${pool} (or thinfuse pool create)`);
       await createPoolFor(pool, opts);
     }
-    const unlock = lockStore(pool);
+    const unlock = lockStore(pool, o.wait ?? true);
     const store = new LayerStore(pool, opts, readStore(pool), unlock);
     try {
       await store.reconcile();

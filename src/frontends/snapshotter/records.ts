@@ -56,9 +56,14 @@ export class SnapRecords {
     for (const r of list) this.byKey.set(slot(r.ns, r.key), r);
   }
 
+  /** Reads POOL/snapshots.json, writing an empty one at first start (call with the store locked). */
   static load(pool: string): SnapRecords {
     const file = path.join(pool, SNAP_FILE);
-    if (!fs.existsSync(file)) return new SnapRecords(pool, 1, []);
+    if (!fs.existsSync(file)) {
+      const fresh = new SnapRecords(pool, 1, []);
+      fresh.save();
+      return fresh;
+    }
     let data: SnapFile;
     try {
       data = JSON.parse(fs.readFileSync(file, 'utf8')) as SnapFile;

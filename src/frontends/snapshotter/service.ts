@@ -48,7 +48,7 @@ export class SnapshotService {
 
   /** Opens (or creates) the pool's layer store, makes the base device once, and reconciles the records with it. */
   static async open(pool: string, config: SnapshotterConfig): Promise<SnapshotService> {
-    const store = await LayerStore.open(pool, storeOptions(pool, config), { createPool: true });
+    const store = await LayerStore.open(pool, storeOptions(pool, config), { createPool: true, wait: false });
     try {
       await store.base();
       const records = SnapRecords.load(store.pool);
