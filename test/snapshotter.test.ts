@@ -89,10 +89,16 @@ test.serial('Prepare, mount, write, Commit, child, View, Stat, List, Update, Usa
   t.deepEqual((await c.list(A, ['parent==c1'])).map((i) => i.name).sort(), ['a2', 'v1']);
   t.deepEqual((await c.list(A, ['kind==committed', 'name==v1'])).map((i) => i.name).sort(), ['c1', 'v1']);
   t.deepEqual((await c.list(A, ['labels.committed==yes'])).map((i) => i.name), ['c1']);
+  t.deepEqual((await c.list(A, ['kind==Active,parent==c1'])).map((i) => i.name), ['a2']);
+  t.deepEqual((await c.list(A, ['kind!=committed'])).map((i) => i.name).sort(), ['a2', 'v1']);
+  t.deepEqual((await c.list(A, ['labels.role'])).map((i) => i.name), [], "a1's labels went with it at Commit");
   const u1 = await c.call<{ info: Info }>('Update', { info: { name: 'c1', labels: { extra: '1', committed: 'ignored' } }, update_mask: { paths: ['labels.extra'] } }, A);
   t.deepEqual(u1.info.labels, { committed: 'yes', extra: '1' }, 'labels.KEY sets only that label');
   const u2 = await c.call<{ info: Info }>('Update', { info: { name: 'c1', labels: { only: 'this' } }, update_mask: { paths: ['labels'] } }, A);
   t.deepEqual(u2.info.labels, { only: 'this' }, 'labels replaces them all');
+  const u3 = await c.call<{ info: Info }>('Update', { info: { name: 'a2', labels: { x: '1' } } }, A);
+  t.deepEqual(u3.info.labels, { x: '1' }, 'no mask replaces the labels');
+  t.is(u3.info.kind, 'ACTIVE', 'and nothing else');
   t.deepEqual((await c.call<{ info: Info }>('Stat', { key: 'c1' }, A)).info.labels, { only: 'this' });
   const usage = await c.call<{ size: number; inodes: number }>('Usage', { key: 'c1' }, A);
   t.true(usage.size >= 4 << 20, `c1 owns the 4 MiB file it was written with (${usage.size})`);

@@ -4,8 +4,9 @@ import type { SnapRecord } from './records.js';
 // List's filters, the part of containerd's filter syntax that snapshot
 // listings use: FIELD==VALUE, FIELD!=VALUE or FIELD alone (present),
 // joined by ',' (and); several filters match if any does. Fields: name,
-// parent, kind, labels.KEY (KEY optionally "quoted"); values optionally
-// "quoted". Anything else is InvalidArgument rather than a silent match.
+// parent, kind (any case), labels.KEY (KEY optionally "quoted"); values
+// optionally "quoted". Anything else is InvalidArgument rather than a silent
+// match.
 
 type Test = (r: SnapRecord) => boolean;
 
@@ -23,7 +24,9 @@ function term(text: string): Test {
   const m = TERM.exec(text.trim());
   if (!m) throw invalid(`unsupported snapshot filter '${text}': use name, parent, kind or labels.KEY, with == or !=`);
   const [, field, op, raw] = m as unknown as [string, string, string | undefined, string | undefined];
-  const value = raw?.replace(/^"(.*)"$/, '$1');
+  const unquoted = raw?.replace(/^"(.*)"$/, '$1');
+  // containerd's adaptor says active, view, committed; ctr prints Active, View, Committed.
+  const value = field === 'kind' ? unquoted?.toLowerCase() : unquoted;
   if (!op) return (r) => fieldOf(r, field!) !== undefined && fieldOf(r, field!) !== '';
   return op === '==' ? (r) => fieldOf(r, field!) === value : (r) => fieldOf(r, field!) !== value;
 }
