@@ -169,13 +169,16 @@ test.serial('Prepare, mount, write, Commit, child, View, Stat, List, Update, Usa
   checkPoolOffline(t, env.pool);
 });
 
-test.serial('a crash in the middle of Prepare leaves neither a device nor a record; active snapshots survive a restart', async (t) => {
+test.serial('a crash in the middle of Prepare leaves neither a device nor a record; a mounted active snapshot survives restarts', async (t) => {
   t.timeout(8 * 60_000);
   const env = await E2E.start(t, 'thinfuse-ctd-');
   pushStoreUndo(env);
   let s = await startSnapshotter(env);
   let c = new SnapClient(s.socket);
-  await c.call('Prepare', { key: 'keep', parent: '' }, 'default');
+  const first = (await c.call<{ mounts: Mount[] }>('Prepare', { key: 'keep', parent: '' }, 'default')).mounts[0]!;
+  // Mounted as containerd would, across both restarts: the store must leave a held loop and its mounts alone.
+  const dir = mountIt(env, first, 'keep');
+  fs.writeFileSync(path.join(dir, 'f'), 'before restart\n');
   c.close();
   t.is(await stopSnapshotter(s), 0, s.child.log());
 
@@ -195,10 +198,18 @@ test.serial('a crash in the middle of Prepare leaves neither a device nor a reco
   t.deepEqual((await c.list('default')).map((i) => i.name), ['keep']);
   t.deepEqual(devices(env.pool), ['layer/base', 'layer/ctd-1'], 'the half-made device is gone, the kept one is there');
   const m = (await c.call<{ mounts: Mount[] }>('Mounts', { key: 'keep' }, 'default')).mounts[0]!;
-  const dir = mountIt(env, m, 'keep');
-  fs.writeFileSync(path.join(dir, 'f'), 'after restart\n');
+  t.is(m.source, first.source, 'the same loop device');
+  t.is(mountAt(dir)?.source, first.source, 'still mounted after two restarts');
+  t.is(fs.readFileSync(path.join(dir, 'f'), 'utf8'), 'before restart\n');
+  fs.writeFileSync(path.join(dir, 'g'), 'after restart\n');
+  t.is((await c.code('Commit', { name: 'k', key: 'keep' }, 'default')).code, FAILED_PRECONDITION, 'no Commit while mounted');
   umountSync(dir);
-  await c.call('Remove', { key: 'keep' }, 'default');
+  await c.call('Commit', { name: 'k', key: 'keep' }, 'default');
+  const again = mountIt(env, (await c.call<{ mounts: Mount[] }>('View', { key: 'v', parent: 'k' }, 'default')).mounts[0]!, 'view');
+  t.is(fs.readFileSync(path.join(again, 'g'), 'utf8'), 'after restart\n');
+  umountSync(again);
+  await c.call('Remove', { key: 'v' }, 'default');
+  await c.call('Remove', { key: 'k' }, 'default');
   t.deepEqual(devices(env.pool), ['layer/base']);
   c.close();
   t.is(await stopSnapshotter(s), 0, s.child.log());
