@@ -278,3 +278,25 @@ test.serial('start-up refusals: a bad config, a pool or a socket already served;
   t.is(await stopSnapshotter(s), 0, s.child.log());
   checkPoolOffline(t, env.pool);
 });
+
+test.serial('concurrent calls are served one at a time: 8 Prepares at once, then 8 Removes at once', async (t) => {
+  t.timeout(4 * 60_000);
+  const env = await E2E.start(t, 'thinfuse-ctd-');
+  pushStoreUndo(env);
+  const s = await startSnapshotter(env);
+  t.falsy(s.child.exited, s.child.log());
+  const c = new SnapClient(s.socket);
+  t.teardown(() => c.close());
+  const keys = Array.from({ length: 8 }, (_, i) => `k${i}`);
+  const made = await Promise.all(keys.map((key) => c.call<{ mounts: Mount[] }>('Prepare', { key, parent: '' }, 'n')));
+  t.is(new Set(made.map((m) => m.mounts[0]!.source)).size, keys.length, 'each its own loop device');
+  const again = await Promise.all(keys.map((key) => c.code('Prepare', { key, parent: '' }, 'n')));
+  t.true(again.every((e) => e.code === ALREADY_EXISTS));
+  t.deepEqual((await c.list('n')).map((i) => i.name).sort(), keys);
+  await Promise.all(keys.map((key) => c.call('Remove', { key }, 'n')));
+  t.deepEqual(await c.list('n'), []);
+  t.deepEqual(devices(env.pool), ['layer/base']);
+  c.close();
+  t.is(await stopSnapshotter(s), 0, s.child.log());
+  checkPoolOffline(t, env.pool);
+});
