@@ -1,7 +1,8 @@
 // The snapshotter under a real containerd 1.6 (issue 13): containerd started
 // with its own config (root, state and sockets in the test's dir, thinfuse as
 // [proxy_plugins.thinfuse]), `ctr image import --snapshotter thinfuse` of a
-// busybox OCI image, `ctr run --rm` of it printing ok, the image removed
+// busybox OCI image, `ctr run --rm` of it printing ok, a detached container
+// running on through a restart of the snapshotter, the image removed
 // with a synchronous garbage collection taking its snapshots and devices
 // with it, and thin_check clean at the end.
 //
@@ -54,7 +55,7 @@ test.serial('containerd: image import and ctr run --rm through the thinfuse prox
   if (missing.length > 0) throw new Error(`${missing.join(', ')} not found: apt-get install containerd runc`);
   const env = await E2E.start(t, 'thinfuse-ctd-');
   pushStoreUndo(env);
-  const snap = await startSnapshotter(env);
+  let snap = await startSnapshotter(env);
   t.falsy(snap.child.exited, snap.child.log());
   const addr = env.path('ctd', 'containerd.sock');
   const ctr = (args: string[]) => run('ctr', ['--address', addr, ...args], { timeoutMs: 300_000 });
@@ -63,11 +64,13 @@ test.serial('containerd: image import and ctr run --rm through the thinfuse prox
   fs.mkdirSync(env.path('ctd'), { recursive: true });
   const ctd = env.spawn('containerd', ['--config', containerdConfig(env, snap.socket)], 'containerd');
   // Undone before containerd stops (the stack is LIFO): a container a failed test left behind.
-  env.stack.push('remove container c1', () => {
+  env.stack.push('remove containers c1, c2', () => {
     if (ctd.exited) return;
-    ctr(['task', 'kill', '-s', 'SIGKILL', 'c1']);
-    ctr(['task', 'rm', '-f', 'c1']);
-    ctr(['container', 'rm', 'c1']);
+    for (const id of ['c1', 'c2']) {
+      ctr(['task', 'kill', '-s', 'SIGKILL', id]);
+      ctr(['task', 'rm', '-f', id]);
+      ctr(['container', 'rm', id]);
+    }
   });
   const end = Date.now() + 60_000;
   while (ctr(['version']).status !== 0) {
@@ -94,7 +97,23 @@ test.serial('containerd: image import and ctr run --rm through the thinfuse prox
   t.is(r.stdout, 'ok\nhello from layer 2\nwhiteout-ok\n');
   t.deepEqual(devices(env.pool), ['layer/base', 'layer/ctd-1', 'layer/ctd-2'], "--rm removed the container's snapshot");
 
-  // 3. image rm --sync: containerd's garbage collection removes the layers' snapshots.
+  // 3. a running container outlives a restart of the snapshotter: its rootfs stays mounted.
+  ctrOk(['run', '-d', '--snapshotter', 'thinfuse', IMAGE, 'c2', '/bin/sh', '-c', 'sleep 600']);
+  t.is(await stopSnapshotter(snap), 0, snap.child.log());
+  snap = await startSnapshotter(env);
+  t.falsy(snap.child.exited, snap.child.log());
+  t.is(ctrOk(['task', 'exec', '--exec-id', 'e1', 'c2', '/bin/sh', '-c', 'echo alive > /f; cat /f /etc/motd']), 'alive\nhello from layer 2\n');
+  // containerd reconnects to the restarted snapshotter (its proxy's gRPC backoff is at most 3 s).
+  const back = Date.now() + 60_000;
+  while (ctr(['snapshot', '--snapshotter', 'thinfuse', 'ls']).status !== 0 && Date.now() < back) await sleep(500);
+  ctrOk(['task', 'kill', '-s', 'SIGKILL', 'c2']);
+  const dead = Date.now() + 60_000;
+  while (!/STOPPED/.test(ctrOk(['task', 'ls'])) && Date.now() < dead) await sleep(200);
+  ctrOk(['task', 'rm', 'c2']);
+  ctrOk(['container', 'rm', 'c2']);
+  t.deepEqual(devices(env.pool), ['layer/base', 'layer/ctd-1', 'layer/ctd-2'], "container rm removed c2's snapshot");
+
+  // 4. image rm --sync: containerd's garbage collection removes the layers' snapshots.
   ctrOk(['image', 'rm', '--sync', IMAGE]);
   const client = new SnapClient(snap.socket);
   t.teardown(() => client.close());
@@ -104,7 +123,7 @@ test.serial('containerd: image import and ctr run --rm through the thinfuse prox
   t.deepEqual(devices(env.pool), ['layer/base']);
   client.close();
 
-  // 4. stop containerd, then the snapshotter; the pool checks clean.
+  // 5. stop containerd, then the snapshotter; the pool checks clean.
   ctd.signal('SIGTERM');
   t.truthy(await ctd.waitExit(60_000), 'containerd stopped on SIGTERM');
   t.is(await stopSnapshotter(snap), 0, snap.child.log());
