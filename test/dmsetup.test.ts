@@ -308,3 +308,15 @@ test.serial('a kill -9 of the pool daemon: the next command serves the pool agai
   lab.dmOk('remove_all');
   thinCheck(t, meta);
 });
+
+test.serial('where a kernel device-mapper is present, thinfuse dmsetup refuses and says to use it', (t) => {
+  const lab = new Lab(t);
+  fs.mkdirSync(lab.mapper, { recursive: true });
+  // The control node as the kernel makes it (misc 10:236), where libdm looks: $DM_DEV_DIR/mapper/control.
+  ok(sh('mknod', [path.join(lab.mapper, 'control'), 'c', '10', '236']), 'mknod');
+  const r = lab.dm('ls');
+  t.is(r.status, 1);
+  t.is(r.stderr.trim(), `dmsetup: this host has a kernel device-mapper (${path.join(lab.mapper, 'control')}): use its dmsetup, not thinfuse dmsetup`);
+  t.false(fs.existsSync(path.join(lab.work, 'state')), 'nothing made');
+});
+
