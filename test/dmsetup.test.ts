@@ -57,6 +57,12 @@ class Lab {
     return sh(process.execPath, [CLI, 'dmsetup', ...args], this.env);
   }
 
+  /** dmsetup with its table on stdin. */
+  dmStdin(input: string, ...args: string[]): Run {
+    const r = spawnSync(process.execPath, [CLI, 'dmsetup', ...args], { encoding: 'utf8', env: this.env, input });
+    return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+  }
+
   dmOk(...args: string[]): string {
     return ok(this.dm(...args), `dmsetup ${args.join(' ')}`);
   }
@@ -276,14 +282,18 @@ test.serial('reload with a longer table, then resume, grows the pool; the thin f
   const lab = new Lab(t);
   const { meta, data } = lab.poolWithThin({ lenSectors: 1048576 });
   t.regex(lab.dmOk('status', 'pool'), / \d+\/8192 /);
-  lab.dmOk('reload', 'pool', '--table', `0 2097152 thin-pool ${meta} ${data} 128 0`);
+  // The table from a file, as dmsetup reads one (comments and blank lines skipped).
+  const tableFile = path.join(lab.work, 'pool.table');
+  fs.writeFileSync(tableFile, `# grown\n\n0 2097152 thin-pool ${meta} ${data} 128 0\n`);
+  lab.dmOk('reload', 'pool', tableFile);
   t.regex(lab.dmOk('info', 'pool'), /Tables present:    LIVE & INACTIVE/);
   t.regex(lab.dmOk('status', 'pool'), / \d+\/8192 /, 'the reloaded table is not live before resume');
   lab.dmOk('suspend', 'pool');
   lab.dmOk('resume', 'pool');
   t.regex(lab.dmOk('status', 'pool'), / \d+\/16384 /);
   t.regex(lab.dmOk('table', 'pool'), /^0 2097152 thin-pool /);
-  lab.dmOk('reload', 'thin', '--table', `0 1048576 thin ${lab.node('pool')} 0`);
+  const viaStdin = lab.dmStdin(`0 1048576 thin ${lab.node('pool')} 0\n`, 'reload', 'thin');
+  t.is(viaStdin.status, 0, `reload with the table on stdin: ${viaStdin.stderr}`);
   lab.dmOk('resume', 'thin');
   t.regex(lab.dmOk('status', 'thin'), /^0 1048576 thin /);
   t.is(ok(sh('blockdev', ['--getsz', lab.node('thin')]), 'blockdev').trim(), '1048576', 'the thin device grew');
