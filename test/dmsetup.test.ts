@@ -330,3 +330,31 @@ test.serial('where a kernel device-mapper is present, thinfuse dmsetup refuses a
   t.false(fs.existsSync(path.join(lab.work, 'state')), 'nothing made');
 });
 
+
+test.serial('after a reboot: a pool whose loop devices are gone is not listed, and comes back once they are', async (t) => {
+  const lab = new Lab(t);
+  const { meta, data } = lab.poolWithThin();
+  const file = path.join(lab.work, 'pattern');
+  ok(sh('dd', ['if=/dev/urandom', `of=${file}`, 'bs=64K', 'count=4', 'status=none']), 'dd');
+  ok(sh('dd', [`if=${file}`, `of=${lab.node('thin')}`, 'bs=64K', 'oflag=direct', 'conv=fsync', 'status=none']), 'dd');
+  const pid = lab.state().devices.pool!.pid!;
+  process.kill(pid, 'SIGKILL');
+  while (fs.existsSync(`/proc/${pid}`) && !/\) [ZX] /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))) await sleep(20);
+  // What a reboot leaves: the pool's loop devices no longer attached.
+  ok(sh('losetup', ['-d', meta, data]), 'losetup -d');
+  while (fs.existsSync(`/sys/block/${path.basename(meta)}/loop`) || fs.existsSync(`/sys/block/${path.basename(data)}/loop`)) await sleep(20);
+  const ls = lab.dm('ls');
+  t.is(ls.status, 0);
+  t.is(ls.stdout, 'No devices found\n');
+  t.regex(ls.stderr, /^dmsetup: warning: pool pool is not active: its metadata device \/dev\/loop\d+ is not attached, not .*\/meta: attach it again \(losetup /m);
+  t.regex(lab.dm('info', 'thin').stderr, /^device-mapper: info ioctl on thin failed: No such device or address \(thin is not active/m);
+  // The boot scripts attach the files again, at the same numbers.
+  ok(sh('losetup', [meta, path.join(lab.work, 'meta')]), 'losetup');
+  ok(sh('losetup', [data, path.join(lab.work, 'data')]), 'losetup');
+  const back = lab.dm('ls');
+  t.is(back.stderr, '');
+  t.regex(back.stdout, /^pool\t\(\d+:\d+\)\nthin\t\(\d+:\d+\)\n$/);
+  t.true(readBlocks(lab.node('thin'), 4).equals(fs.readFileSync(file)), 'the fsynced data reads back');
+  lab.dmOk('remove_all');
+  thinCheck(t, meta);
+});

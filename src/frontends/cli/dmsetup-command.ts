@@ -92,6 +92,7 @@ async function runCommand(command: string, args: string[], flags: Flags): Promis
   await sd.locked(async () => {
     c.state = sd.read();
     const revived = await revive(sd, c.devDir, c.state);
+    c.down = revived.down;
     if (revived.changed) sd.write(c.state);
     for (const w of revived.warnings) process.stderr.write(`dmsetup: warning: ${w}\n`);
     const save = () => sd.write(c.state);
