@@ -11,6 +11,7 @@ import { serveCommands, withFrozen } from './serve-commands.js';
 import { layerStoreCommands } from './layer-commands.js';
 import { faultCommands } from './fault-commands.js';
 import { lookCommands, treeLines } from './show-commands.js';
+import { applyAutoextend, autoextendOptions, autoextendText, eventsCommand } from './ops-commands.js';
 
 // The `thinfuse` command. Each action parses its arguments, opens the pool
 // (taking its lock), does one thing through the pool API, and prints the
@@ -90,8 +91,8 @@ function poolCommands(program: Command): void {
         [`created pool ${dir}: ${formatBytes(dataSize)} data in ${dataSize / blockSize} blocks of ${formatBytes(blockSize)}, ${formatBytes(metadataSize)} metadata`]);
     }));
 
-  pool.command('set <pool>')
-    .description("change what dm keeps in the pool's table line (POOL/config)")
+  autoextendOptions(pool.command('set <pool>')
+    .description("change what dm keeps in the pool's table line, and LVM's auto-extend settings (POOL/config)"))
     .option('--low-water-mark <blocks>', 'free data blocks that raise the low-water event')
     .option('--no-space-timeout <seconds>', 'how long writes wait for space under queue_if_no_space (0 = forever)')
     .option('--skip-block-zeroing <on|off>')
@@ -101,6 +102,7 @@ function poolCommands(program: Command): void {
     .option('--read-only <on|off>')
     .action(run(async (out, dir: string, o: Record<string, string>) => {
       const config: PoolConfig = await callOp(dir, 'config', {});
+      config.autoextend = applyAutoextend(config.autoextend, o);
       if (o.lowWaterMark !== undefined) config.lowWaterMark = parseCount(o.lowWaterMark, '--low-water-mark');
       if (o.noSpaceTimeout !== undefined) config.noSpaceTimeout = parseCount(o.noSpaceTimeout, '--no-space-timeout');
       if (o.skipBlockZeroing !== undefined) config.features.skipBlockZeroing = onOff(o.skipBlockZeroing);
@@ -193,13 +195,15 @@ function deviceCommands(program: Command): void {
     .description('pool facts: sizes, features, mode, low-water events, caches')
     .action(run(async (out, dir: string) => {
       const s = await callOp(dir, 'info', {});
-      const { dockerInfo, dockerInfoLines } = await import('../layers/info.js');
+      const [{ dockerInfo, dockerInfoLines }, { eventLine }] = await Promise.all([import('../layers/info.js'), import('../../pool/events.js')]);
       const docker = dockerInfo(dir, s);
       out.result({ ...docker, ...s }, [
         ...dockerInfoLines(docker),
         `pool ${s.name}: ${s.nrDataBlocks} blocks of ${formatBytes(s.blockSize)}, ${s.data.used} used; metadata ${s.metadata.used}/${s.metadata.total} blocks`,
         `mode ${s.mode}, ${s.discard}, ${s.noSpace}${s.needsCheck ? ', needs_check' : ''}; transaction ${s.transactionId}, time ${s.time}`,
         `low water mark ${s.lowWaterMark} blocks, events ${s.lowWaterEvents}; metadata snapshot ${s.heldRoot ?? '-'}`,
+        autoextendText(s.autoextend),
+        ...(s.recentEvents.length ? ['recent events:', ...s.recentEvents.map((e) => `  ${eventLine(e)}`)] : []),
         ...(s.mountpoint ? [`served at ${s.mountpoint}; open: ${s.openDevices.join(' ') || '-'}`] : []),
       ]);
     }));
@@ -317,6 +321,7 @@ export function buildProgram(): Command {
   layerStoreCommands(program, run);
   faultCommands(program, run);
   lookCommands(program, run);
+  eventsCommand(program, run);
   for (const c of program.commands) {
     c.addOption(new Option('--json', 'print the result as JSON'));
     for (const s of c.commands) s.addOption(new Option('--json', 'print the result as JSON'));
