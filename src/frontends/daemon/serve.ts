@@ -122,13 +122,14 @@ function setReadAhead(mountpoint: string, bytes: number, log: (s: string) => voi
 }
 
 /** The metrics endpoint, listening before FUSE mounts (a taken port fails the start cleanly). */
-async function startMetrics(pool: Pool, fastPath: () => ReturnType<DeviceFs['fastPathStats']>, at: { host: string; port: number }, log: (s: string) => void): Promise<Metrics> {
+async function startMetrics(pool: Pool, fastPath: () => ReturnType<DeviceFs['fastPathStats']>, at: { host: string; port: number }, log: (s: string) => void): Promise<{ metrics: Metrics; at: string }> {
   // Loaded only with --metrics: prom-client is not free to import.
   const { Metrics: MetricsClass } = await import('./metrics.js');
   const m = new MetricsClass({ pool, fastPath });
   const a = await m.listen(at.host, at.port);
-  log(`metrics at http://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}/metrics`);
-  return m;
+  const where = `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
+  log(`metrics at http://${where}/metrics`);
+  return { metrics: m, at: where };
 }
 
 function callback(fn: (cb: (err: Error | null) => void) => void): Promise<void> {
@@ -172,11 +173,12 @@ export class Server {
     const events = sendEvents(pool, o.log);
     let devices: DeviceFs | undefined;
     let metrics: Metrics | undefined;
+    let metricsAt: string | null = null;
     try {
       prepareMountpoint(mountpoint, o.log);
       refuseSelfBacked(poolDir, mountpoint);
       lowerOomScore(o.log);
-      metrics = o.metrics ? await startMetrics(pool, () => devices?.fastPathStats() ?? null, o.metrics, o.log) : undefined;
+      if (o.metrics) ({ metrics, at: metricsAt } = await startMetrics(pool, () => devices?.fastPathStats() ?? null, o.metrics, o.log));
       const Fuse = loadFuse();
       const done = metrics ? metrics.observeIo.bind(metrics) : undefined;
       devices = new DeviceFs(pool, { error: (op, name, e) => o.log(`${op} ${name}: ${(e as Error).message}`), done }, { fastPath: o.fastPath === false ? undefined : Fuse.fastPath });
@@ -187,7 +189,7 @@ export class Server {
       const extender = new AutoExtender(pool);
       const server = new Server(pool, faults, mountpoint, devices, fuse, undefined, o.log, { extender, stopEvents: events.stop, metrics });
       await server.listen();
-      pool.events.emit('daemon_start', { pid: process.pid, mountpoint, metrics: o.metrics ? `${o.metrics.host}:${o.metrics.port}` : null });
+      pool.events.emit('daemon_start', { pid: process.pid, mountpoint, metrics: metricsAt });
       pool.events.on((e) => {
         if (e.kind === 'low_water' || e.kind === 'out_of_data_space') setImmediate(() => void extender.check());
       });
