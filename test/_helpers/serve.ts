@@ -321,6 +321,8 @@ export interface ServeOptions {
   args?: string[];
   /** Wait this long for the "serving" line (default 30 s). */
   readyMs?: number;
+  /** Run as under systemd: JOURNAL_STREAM names the log file serve writes stderr to. */
+  journalStream?: boolean;
 }
 
 export type FsKind = 'xfs' | 'ext4';
@@ -422,7 +424,9 @@ export class E2E {
     const mountpoint = o.mountpoint ?? this.mnt;
     const logFile = this.path(`serve-${++this.serveCount}.log`);
     const fd = fs.openSync(logFile, 'w');
-    const child = spawn(process.execPath, [CLI, 'serve', this.pool, mountpoint, ...(o.args ?? [])], { env: ENV, stdio: ['ignore', fd, fd] });
+    const st = fs.fstatSync(fd);
+    const env = o.journalStream ? { ...ENV, JOURNAL_STREAM: `${st.dev}:${st.ino}` } : ENV;
+    const child = spawn(process.execPath, [CLI, 'serve', this.pool, mountpoint, ...(o.args ?? [])], { env, stdio: ['ignore', fd, fd] });
     fs.closeSync(fd);
     if (child.pid === undefined) throw new Error('could not spawn thinfuse serve');
     const s = new Serve(child, logFile, mountpoint);
