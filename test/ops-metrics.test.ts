@@ -3,11 +3,11 @@
 // package), and a second one after shows the counters moving: requests,
 // bytes, commits. Ends with thin_check.
 import test from 'ava';
-import { E2E, requireSystem, run, which } from './_helpers/serve.js';
+import { E2E, poolUsed, requireSystem, run, tfOk, which } from './_helpers/serve.js';
 import { checkOffline, get, sample, waitUntil } from './_helpers/ops.js';
 
 function promtool(t: { is: (a: unknown, b: unknown, m?: string) => void }, text: string, what: string): void {
-  const r = run('promtool', ['check', 'metrics'], { input: text });
+  const r = run('promtool', ['check', 'metrics'], { input: Buffer.from(text) });
   t.is(r.status, 0, `promtool check metrics on ${what}: ${r.stdout}${r.stderr}`);
 }
 
@@ -21,7 +21,6 @@ test.serial('a scrape during a fio run parses with promtool and the counters mov
   if (!which('promtool')) throw new Error('promtool not found: apt-get install prometheus');
   const e = await E2E.start(t, 'thinfuse-ops-metrics-');
   e.createPool('1G', '64M');
-  const { tfOk } = await import('./_helpers/serve.js');
   tfOk(['create', e.pool, 'v', '--size', '128M']);
   const serve = await e.serve({ args: ['--metrics', '127.0.0.1:0'] });
   const url = /metrics at (http:\/\/127\.0\.0\.1:\d+\/metrics)/.exec(serve.log())?.[1];
@@ -30,8 +29,7 @@ test.serial('a scrape during a fio run parses with promtool and the counters mov
     '--name=load', `--filename=${e.mnt}/v`, '--rw=randrw', '--bs=4k-128k', '--size=128M', '--ioengine=psync',
     '--time_based', '--runtime=12', '--fsync=16', '--verify=crc32c', '--verify_state_save=0',
   ], 'fio');
-  await waitUntil('fio to write', () => /load: \(groupid/.test(fio.log()) || fio.exited !== undefined, 30_000);
-  await new Promise((r) => setTimeout(r, 3000));
+  await waitUntil('fio to write', () => poolUsed(e.pool).used > 0 || fio.exited !== undefined, 30_000);
   const during = await get(url);
   t.is(fio.exited, undefined, 'the first scrape was taken while fio ran');
   t.is(during.status, 200);
