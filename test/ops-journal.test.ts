@@ -11,7 +11,7 @@ import { ThinError } from '../src/base/errors.js';
 import type { DevId } from '../src/base/units.js';
 import { AutoExtender, type HostProbe, plan, type PlanInput } from '../src/frontends/daemon/autoextend.js';
 import { makeEvent, type PoolEvent } from '../src/pool/events.js';
-import { EventsJournal, eventsPath, readJournal, rotatedPath } from '../src/pool/events-journal.js';
+import { EventsJournal, eventsPath, lastEvents, readJournal, rotatedPath } from '../src/pool/events-journal.js';
 import { wrapOnly, makePool, MiB, oracle, tempDir } from './_helpers/pool.js';
 import { ForwardingBacking } from '../src/io/forwarding-backing.js';
 
@@ -29,6 +29,9 @@ test('the journal appends one JSON line per event, rotates past its limit and re
   t.true(seen.length >= 2 && seen.length < 30, `kept the newest, bounded (${seen.length})`);
   t.deepEqual(seen, seen.slice().sort((a, b) => a - b), 'in order across the rotation');
   t.is(seen[seen.length - 1], 29);
+  t.deepEqual(lastEvents(dir, 5).map((e) => e.details.i), [25, 26, 27, 28, 29]);
+  t.deepEqual(lastEvents(dir, 5, 200).map((e) => e.details.i), [25, 26, 27, 28, 29], 'from the ends of both files');
+  t.deepEqual(lastEvents(dir, 100).map((e) => e.details.i), seen);
   for (const line of fs.readFileSync(eventsPath(dir), 'utf8').trim().split('\n')) {
     const e = JSON.parse(line) as PoolEvent;
     t.regex(e.time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);

@@ -110,11 +110,38 @@ export function readJournal(dir: string): JournalText {
   return { events: [...old.events, ...cur.events], warnings: [...old.warnings, ...cur.warnings] };
 }
 
-/** The last n events (for info and status); unreadable lines are left out silently here. */
-export function lastEvents(dir: string, n: number): PoolEvent[] {
+/** Up to `bytes` of a file's end, from the first whole line in it; whole: the file's start was reached. */
+function tailText(file: string, bytes: number): { text: string; whole: boolean } {
+  let fd: number;
   try {
-    return readJournal(dir).events.slice(-n);
+    fd = fs.openSync(file, 'r');
   } catch {
-    return [];
+    return { text: '', whole: true };
   }
+  try {
+    const size = fs.fstatSync(fd).size;
+    const from = Math.max(0, size - bytes);
+    const b = Buffer.alloc(size - from);
+    const n = fs.readSync(fd, b, 0, b.length, from);
+    const text = b.subarray(0, n).toString('utf8');
+    return from === 0 ? { text, whole: true } : { text: text.slice(text.indexOf('\n') + 1), whole: false };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** A file's last n events, reading more of its end until it has them or the whole file. */
+function lastOf(file: string, n: number, bytes: number): { events: PoolEvent[]; whole: boolean } {
+  for (let b = bytes; ; b *= 4) {
+    const t = tailText(file, b);
+    const events = parseJournal(t.text, file).events;
+    if (events.length >= n || t.whole) return { events: events.slice(-n), whole: t.whole };
+  }
+}
+
+/** The last n events (for info and status: only the files' ends are read); unreadable lines are left out here. */
+export function lastEvents(dir: string, n: number, bytes = 64 * 1024): PoolEvent[] {
+  const cur = lastOf(eventsPath(dir), n, bytes);
+  if (cur.events.length >= n) return cur.events;
+  return [...lastOf(rotatedPath(dir), n - cur.events.length, bytes).events, ...cur.events];
 }
