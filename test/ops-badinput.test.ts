@@ -1,7 +1,7 @@
 // Bad auto-extend settings: a threshold outside 50-100, a percent of 0, a
 // max below the pool's data size now, and values that are no numbers. Each
 // gets one clear error line and a non-zero exit, and POOL/config is left
-// byte for byte as it was. Ends with thin_check.
+// byte for byte as it was (pool create makes nothing). Ends with thin_check.
 import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -38,6 +38,16 @@ test('bad auto-extend settings: one line each, exit 2, config unchanged', (t) =>
     t.is(r.stdout.length, 0, `${what}: nothing on stdout`);
     t.true(fs.readFileSync(path.join(P, 'config')).equals(config), `${what}: config unchanged`);
   }
+  // pool create takes the same settings and refuses the same way, making nothing.
+  for (const args of [['--autoextend-threshold', '30'], ['--autoextend-percent', '0'], ['--autoextend-max', '64M']]) {
+    const Q = path.join(d, 'Q');
+    const r = cli(['pool', 'create', Q, '--data-size', '128M', ...args]);
+    t.is(r.status, 2, `pool create ${args.join(' ')}`);
+    t.is(r.stderr.split('\n').filter(Boolean).length, 1, r.stderr);
+    t.false(fs.existsSync(Q), `pool create ${args.join(' ')}: nothing made`);
+  }
+  cliOk(['pool', 'create', path.join(d, 'R'), '--data-size', '128M', '--autoextend-threshold', '75', '--autoextend-max', '1G']);
+  t.like(JSON.parse(fs.readFileSync(path.join(d, 'R', 'config'), 'utf8')).autoextend, { threshold: 75, percent: 20, max: 1024 ** 3 });
   const json = cli(['pool', 'set', P, '--autoextend-threshold', '40', '--json']);
   t.is(json.status, 2);
   t.like(JSON.parse(json.stdout.toString()), { ok: false, error: { code: 'EINVAL_ARG' } });

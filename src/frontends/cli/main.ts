@@ -57,8 +57,8 @@ function onOff(v: string): boolean {
 function poolCommands(program: Command): void {
   const pool = program.command('pool').description('create and configure pools');
 
-  pool.command('create <pool>')
-    .description('create a pool: POOL/data and POOL/metadata, sparse')
+  autoextendOptions(pool.command('create <pool>')
+    .description('create a pool: POOL/data and POOL/metadata, sparse'))
     .option('--data-size <size>', 'data file size', '100G')
     .option('--metadata-size <size>', 'metadata file size (2M..16G)', '2G')
     .option('--block-size <size>', 'data block size (64k..1G, multiple of 64k)', '64k')
@@ -68,7 +68,7 @@ function poolCommands(program: Command): void {
     .option('--no-discard-passdown', 'unmap on discard but never punch holes in POOL/data')
     .option('--ignore-discard', 'ignore discards')
     .action(run(async (out, dir: string, o: Record<string, string | boolean>) => {
-      const [{ checkBlockSize, checkDataSize, checkMetadataSize }, { defaultConfig }, { hostSpaceWarning }] = await Promise.all([
+      const [{ checkBlockSize, checkDataSize, checkMetadataSize }, { checkAutoextend, defaultConfig }, { hostSpaceWarning }] = await Promise.all([
         import('../../pool/validate.js'), import('../../pool/config.js'), import('../layers/guards.js'),
       ]);
       const blockSize = parseSize(String(o.blockSize), '--block-size');
@@ -83,6 +83,8 @@ function poolCommands(program: Command): void {
       config.features.errorIfNoSpace = Boolean(o.errorIfNoSpace);
       config.features.noDiscardPassdown = o.discardPassdown === false;
       config.features.ignoreDiscard = Boolean(o.ignoreDiscard);
+      config.autoextend = applyAutoextend(config.autoextend, o as Record<string, string>);
+      checkAutoextend(config.autoextend, dataSize);
       const { Pool } = await import('../../pool/pool.js');
       const p = await Pool.create(dir, { dataSize, metadataSize, blockSize, config });
       hostSpaceWarning(dir, dataSize, metadataSize);
