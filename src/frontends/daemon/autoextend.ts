@@ -119,6 +119,12 @@ export class AutoExtender {
   }
 
   private async checkOne(r: Resource): Promise<void> {
+    const a = this.pool.config.autoextend;
+    if ((r === 'data' ? a.threshold : a.metadataThreshold) >= 100) {
+      // Off: no need to ask the host anything.
+      this.refused.delete(r);
+      return;
+    }
     let p: Plan;
     let input: PlanInput;
     try {
