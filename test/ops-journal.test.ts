@@ -58,7 +58,7 @@ test('a half-written last line is skipped with a warning, and the next event sta
 test('an open pool reports low water, out of data space and the mode changes', async (t) => {
   const { pool, dir } = await makePool(t, { dataSize: 4 * BS, config: { lowWaterMark: 2, features: { errorIfNoSpace: true } } });
   const seen: PoolEvent[] = [];
-  pool.events.on((e) => seen.push(e));
+  pool.eventStream.on((e) => seen.push(e));
   const d = await pool.createDevice('v', 8 * BS);
   const buf = Buffer.alloc(BS, 1);
   for (let i = 0; i < 4; i++) await pool.write(d.devId, buf, i * BS, d.size);
@@ -69,7 +69,7 @@ test('an open pool reports low water, out of data space and the mode changes', a
   t.like(seen[2]!.details, { policy: 'error_if_no_space' });
   await pool.resizeData(6 * BS);
   t.like(seen[3]!, { kind: 'mode_change', details: { from: 'out_of_data_space', to: 'write' } });
-  t.is(pool.events.counts.get('mode_change'), 2);
+  t.is(pool.eventStream.counts.get('mode_change'), 2);
   await pool.close();
   await oracle(t, dir);
 });
@@ -91,7 +91,7 @@ test('a failed commit reports the aborted transaction and read-only with needs_c
   const wrap = wrapOnly('metadata', (f) => (meta = new FailingWrites(f)));
   const { pool, dir } = await makePool(t, { wrap });
   const seen: PoolEvent[] = [];
-  pool.events.on((e) => seen.push(e));
+  pool.eventStream.on((e) => seen.push(e));
   await pool.message('create_thin 0');
   meta!.armed = true;
   await t.throwsAsync(pool.message('create_thin 1'));
@@ -132,7 +132,7 @@ function host(free: number, blockDevice = false): HostProbe {
 test('the extender grows data at its threshold, lets a queued write go on, and records it', async (t) => {
   const { pool, dir } = await makePool(t, { dataSize: 10 * BS, config: { autoextend: { threshold: 80, percent: 50, metadataThreshold: 100, metadataPercent: 20, max: 0 } } });
   const seen: PoolEvent[] = [];
-  pool.events.on((e) => seen.push(e));
+  pool.eventStream.on((e) => seen.push(e));
   const x = new AutoExtender(pool, host(2 ** 40));
   const d = await pool.createDevice('v', 40 * BS);
   const buf = Buffer.alloc(BS, 7);
@@ -160,7 +160,7 @@ test('the extender grows data at its threshold, lets a queued write go on, and r
 test('the extender refuses, once per reason, when the host is full, at max, or on a block device', async (t) => {
   const { pool, dir } = await makePool(t, { dataSize: 10 * BS, config: { autoextend: { threshold: 50, percent: 20, metadataThreshold: 100, metadataPercent: 20, max: 0 } } });
   const seen: PoolEvent[] = [];
-  pool.events.on((e) => seen.push(e));
+  pool.eventStream.on((e) => seen.push(e));
   const d = await pool.createDevice('v', 40 * BS);
   for (let i = 0; i < 6; i++) await pool.write(d.devId, Buffer.alloc(BS, 1), i * BS, d.size);
   const full = new AutoExtender(pool, host(BS));
@@ -183,7 +183,7 @@ test('the extender refuses, once per reason, when the host is full, at max, or o
 test('the extender grows metadata at its threshold', async (t) => {
   const { pool, dir } = await makePool(t, { metadataSize: 2 * MiB, config: { autoextend: { threshold: 100, percent: 20, metadataThreshold: 50, metadataPercent: 100, max: 0 } } });
   const seen: PoolEvent[] = [];
-  pool.events.on((e) => seen.push(e));
+  pool.eventStream.on((e) => seen.push(e));
   const x = new AutoExtender(pool, host(2 ** 40));
   const before = pool.md.msm.nrBlocks;
   // Many devices fill metadata quickly (each has its own mapping tree root and details).

@@ -88,6 +88,17 @@ export const OPS = {
     return { message: a.message };
   },
 
+  /** dm's suspend of a named device: its writes wait until resume, after a flush. */
+  async suspend(c: OpContext, a: { name: string }) {
+    await c.pool.suspend(c.pool.registry.get(a.name).devId);
+    return { name: a.name, suspended: true };
+  },
+
+  async resume(c: OpContext, a: { name: string }) {
+    c.pool.resume(c.pool.registry.get(a.name).devId);
+    return { name: a.name, suspended: false };
+  },
+
   async activate(c: OpContext, a: { name: string; devId: number; size: number }) {
     return c.pool.activate(a.name, a.devId as DevId, a.size);
   },
@@ -223,7 +234,7 @@ export const OPS = {
 
   async faultSet(c: OpContext, a: { spec: FaultSpec }) {
     const f = faultsOf(c).set(a.spec, c.pool);
-    c.pool.events.emit('fault_set', faultDetails(f));
+    c.pool.eventStream.emit('fault_set', faultDetails(f));
     return f;
   },
 
@@ -233,7 +244,7 @@ export const OPS = {
 
   async faultClear(c: OpContext, a: { ids?: number[] }) {
     const cleared = faultsOf(c).clear(a.ids ?? [], c.pool);
-    if (cleared.length > 0) c.pool.events.emit('fault_cleared', { ids: cleared.map((f) => f.id).join(','), count: cleared.length });
+    if (cleared.length > 0) c.pool.eventStream.emit('fault_cleared', { ids: cleared.map((f) => f.id).join(','), count: cleared.length });
     return { cleared };
   },
 

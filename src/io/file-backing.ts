@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import { promisify } from 'node:util';
+import { devNoText, splitDevNo } from '../base/devno.js';
 import { ThinError } from '../base/errors.js';
 import { IO_CHUNK } from '../base/units.js';
 import type { BackingFile } from './backing-file.js';
@@ -9,6 +10,11 @@ import { native } from './native.js';
 // reads and writes (sync and on the threadpool), fdatasync, and the native
 // addon for holes, hole lookups, host space allocated ahead, page-cache drops
 // and in-file copies.
+//
+// A block device (a loop device over a sparse file, a partition: dm-thin's
+// pools on real devices) works as the file does, with three differences: its
+// size is the device's (sysfs), it cannot be resized, and in-device copies
+// go through a buffer (copy_file_range takes regular files only).
 
 const preadAsync = promisify(fs.read);
 const pwriteAsync = promisify(fs.write);
@@ -28,9 +34,12 @@ export function ioError(path: string, op: string, e: unknown): ThinError {
 /** A sparse file on the host filesystem. */
 export class FileBacking implements BackingFile {
   private length: number;
+  readonly isBlockDevice: boolean;
 
   private constructor(readonly path: string, private readonly fd: number) {
-    this.length = fs.fstatSync(fd).size;
+    const st = fs.fstatSync(fd);
+    this.isBlockDevice = st.isBlockDevice();
+    this.length = this.isBlockDevice ? blockDeviceBytes(path, st.rdev) : st.size;
   }
 
   static open(path: string, writable: boolean): FileBacking {
@@ -141,6 +150,8 @@ export class FileBacking implements BackingFile {
   }
 
   async preallocate(offset: number, length: number): Promise<void> {
+    // A device's space is all there already.
+    if (this.isBlockDevice) return;
     try {
       await native.preallocateAsync(this.fd, offset, length);
     } catch (e) {
@@ -157,6 +168,7 @@ export class FileBacking implements BackingFile {
   }
 
   async copyWithin(from: number, to: number, length: number): Promise<void> {
+    if (this.isBlockDevice) return this.copyThroughBuffer(from, to, length);
     try {
       for (let done = 0; done < length; done += IO_CHUNK) {
         const n = Math.min(IO_CHUNK, length - done);
@@ -168,7 +180,20 @@ export class FileBacking implements BackingFile {
     this.length = Math.max(this.length, to + length);
   }
 
+  private async copyThroughBuffer(from: number, to: number, length: number): Promise<void> {
+    const buf = Buffer.allocUnsafe(Math.min(IO_CHUNK, length));
+    for (let done = 0; done < length; done += buf.length) {
+      const piece = buf.subarray(0, Math.min(buf.length, length - done));
+      await this.read(piece, from + done);
+      await this.write(piece, to + done);
+    }
+  }
+
   async truncate(length: number): Promise<void> {
+    if (this.isBlockDevice) {
+      if (length <= this.length) return;
+      throw new ThinError('NOT_SUPPORTED', `${this.path} is a block device of ${this.length} bytes: it cannot grow to ${length}; grow the device itself first`);
+    }
     try {
       await ftruncateAsync(this.fd, length);
     } catch (e) {
@@ -179,5 +204,14 @@ export class FileBacking implements BackingFile {
 
   async close(): Promise<void> {
     await closeAsync(this.fd);
+  }
+}
+
+/** A block device's size in bytes, from /sys/dev/block/MAJ:MIN/size (512-byte sectors). */
+function blockDeviceBytes(path: string, rdev: number): number {
+  try {
+    return Number(fs.readFileSync(`/sys/dev/block/${devNoText(splitDevNo(rdev))}/size`, 'utf8').trim()) * 512;
+  } catch (e) {
+    throw ioError(path, 'find the size of block device', e);
   }
 }

@@ -191,4 +191,7 @@ function dropCached(pool: Pool, f: Fault): void {
     if (f.file === 'metadata') pool.md.bm.dropClean(Math.floor(s / META_BLOCK_SIZE), Math.ceil(e / META_BLOCK_SIZE));
     else if (pool.data instanceof CachedBacking) pool.data.invalidate(s, Math.min(e, pool.data.size()) - s);
   }
+  // A front end's copy of mappings (the FUSE fast path's table) is a cache of
+  // the metadata too: without this, lookups it answers never read the file.
+  if (f.file === 'metadata' && f.ops.includes('read')) pool.forgetMappingCopies();
 }

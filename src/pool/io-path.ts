@@ -89,7 +89,8 @@ export class IoPath {
       dst.fill(0);
       return;
     }
-    hooks?.mapped(dev, vb, m.block, !md.isShared(dev, m));
+    // A held device's copies must not take writes in place.
+    hooks?.mapped(dev, vb, m.block, !md.isShared(dev, m) && !this.quiesce.held(dev));
     reading.inc(m.block);
     try {
       await this.ctx.data.read(dst, m.block * this.blockBytes + within);

@@ -12,6 +12,8 @@ export type PoolMode = 'write' | 'out_of_data_space' | 'read_only' | 'fail';
 export class PoolModes {
   private current: PoolMode = 'write';
   lowWaterEvents = 0;
+  /** dm's event counter: low-water crossings and mode changes (dmsetup info's Event number, dmsetup wait). */
+  events = 0;
   private lowWaterArmed = true;
   private spaceWaiters: Array<() => void> = [];
   private noSpaceExpired = false;
@@ -27,6 +29,7 @@ export class PoolModes {
 
   /** read_only takes away writes in place, fail all I/O: copies of mappings are told first. */
   set mode(m: PoolMode) {
+    if (m !== this.current) this.events++;
     if (m === 'read_only' || m === 'fail') {
       this.ctx.hooks?.dirtied?.();
       this.ctx.hooks?.revoke(undefined, m === 'fail' ? 'all' : 'writes');
@@ -63,6 +66,7 @@ export class PoolModes {
       this.lowWaterArmed = false;
       this.lowWaterEvents++;
       this.ctx.events.emit('low_water', { freeBlocks: this.ctx.md.dsm.nrFree, lowWaterMark: this.ctx.config.lowWaterMark });
+      this.events++;
     }
   }
 

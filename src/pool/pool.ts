@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ThinError } from '../base/errors.js';
-import { type DevId, SECTOR } from '../base/units.js';
+import { type DevId, META_BLOCK_SIZE, SECTOR } from '../base/units.js';
 import type { BackingFile } from '../io/backing-file.js';
 import { CachedBacking, type DataCacheStats } from '../io/cached-backing.js';
 import { FileBacking } from '../io/file-backing.js';
@@ -49,6 +49,13 @@ export interface PoolCreateOptions {
   metadataSize: number;
   blockSize: number;
   config: PoolConfig;
+  /**
+   * Format the data and metadata files (or block devices) already in the
+   * directory, as dm-thin formats a zeroed metadata device: the metadata's
+   * first block must be all zeros, and dataSize must fit in the data file.
+   * metadataSize is then the metadata file's own size.
+   */
+  existing?: boolean;
 }
 
 export const DATA_FILE = 'data';
@@ -119,13 +126,23 @@ export class Pool {
     return this.modes.lowWaterEvents;
   }
 
+  /** dm's event number: low-water crossings and mode changes. */
+  get events(): number {
+    return this.modes.events;
+  }
+
   get noSpacePolicy(): 'error_if_no_space' | 'queue_if_no_space' {
     return this.modes.noSpacePolicy;
   }
 
   /** Low water, no space, mode changes, aborts (events.ts); front ends add their own. */
-  get events(): PoolEvents {
+  get eventStream(): PoolEvents {
     return this.ctx.events;
+  }
+
+  /** Front ends drop their copies of mappings, so the next lookups read the metadata (a fault set under it must be seen). */
+  forgetMappingCopies(): void {
+    this.ctx.hooks?.revoke(undefined, 'all');
   }
 
   /** Installs the hooks of a front end that copies mappings (one at a time). */
@@ -139,6 +156,7 @@ export class Pool {
   static async create(dir: string, o: PoolCreateOptions, opts: PoolOpenOptions = {}): Promise<Pool> {
     const metaPath = path.join(dir, METADATA_FILE);
     const dataPath = path.join(dir, DATA_FILE);
+    if (o.existing) return Pool.formatExisting(dir, o, opts);
     if (fs.existsSync(metaPath) || fs.existsSync(dataPath)) {
       throw new ThinError('POOL_EXISTS', `a pool already exists in ${dir}; remove it first or pick another directory`);
     }
@@ -162,6 +180,30 @@ export class Pool {
       lock.release();
       fs.rmSync(path.join(dir, 'lock'), { force: true });
       if (madeDir) fs.rmSync(dir, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  private static async formatExisting(dir: string, o: PoolCreateOptions, opts: PoolOpenOptions): Promise<Pool> {
+    const lock = lockPool(dir);
+    let meta: FileBacking | undefined;
+    let data: FileBacking | undefined;
+    try {
+      meta = FileBacking.open(path.join(dir, METADATA_FILE), true);
+      data = FileBacking.open(path.join(dir, DATA_FILE), true);
+      const first = Buffer.alloc(META_BLOCK_SIZE);
+      meta.readSync(first, 0);
+      if (!first.equals(Buffer.alloc(META_BLOCK_SIZE))) throw new ThinError('POOL_EXISTS', `${meta.path} already holds metadata (its superblock is not zeroed); open the pool instead`);
+      if (data.size() < o.dataSize) throw new ThinError('EINVAL_ARG', `${data.path} has ${data.size()} bytes, less than the pool's ${o.dataSize}; give a shorter pool or a bigger data device`);
+      const files = opts.files ?? realPoolFiles;
+      const md = PoolMetadata.format(wrapper(opts)(meta, 'metadata'), o.blockSize / SECTOR, o.dataSize / o.blockSize, opts);
+      await md.commit(async () => {});
+      writeConfig(dir, o.config, files);
+      return new Pool(dir, md, dataFile(data, opts), o.config, Registry.load(dir, files), lock, opts, true);
+    } catch (e) {
+      await meta?.close();
+      await data?.close();
+      lock.release();
       throw e;
     }
   }
@@ -262,6 +304,26 @@ export class Pool {
   /** Holds new writes to dev, waits for the running ones, runs fn, then lets writes go on. */
   quiesced<T>(dev: DevId, fn: () => Promise<T>): Promise<T> {
     return this.quiesce.quiesced(dev, fn);
+  }
+
+  /**
+   * dm's suspend of a thin device: holds its new writes and discards, waits
+   * for the running ones, takes its copies' right to write in place, and
+   * commits with a data flush, so what was written is on disk and a
+   * snapshot now is a consistent point. resume() lets the writes go.
+   */
+  async suspend(dev: DevId): Promise<void> {
+    await this.quiesce.hold(dev);
+    this.ctx.hooks?.revoke(dev, 'writes');
+    await this.flush(true);
+  }
+
+  resume(dev: DevId): void {
+    this.quiesce.release(dev);
+  }
+
+  isSuspended(dev: DevId): boolean {
+    return this.quiesce.held(dev);
   }
 
   //----------------------------------------------------------------------------

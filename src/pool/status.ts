@@ -19,10 +19,12 @@ export interface PoolStatus {
   metadataLowWater: number;
   lowWaterMark: number;
   lowWaterEvents: number;
+  /** dm's event number (low water, mode changes). */
+  events: number;
   blockSize: number;
   cache: ReturnType<Pool['md']['bm']['cacheStats']>;
   dataCache: ReturnType<Pool['dataCacheStats']>;
-  devices: Array<{ name: string; devId: number; sectors: number; mappedSectors: number; highestSector: number | null; error?: string }>;
+  devices: Array<{ name: string; devId: number; sectors: number; mappedSectors: number; highestSector: number | null; suspended: boolean; error?: string }>;
 }
 
 export function poolStatus(pool: Pool): PoolStatus {
@@ -44,6 +46,7 @@ export function poolStatus(pool: Pool): PoolStatus {
     metadataLowWater: Math.min(1024, Math.floor(metaFileBlocks / 4)),
     lowWaterMark: pool.config.lowWaterMark,
     lowWaterEvents: pool.lowWaterEvents,
+    events: pool.events,
     blockSize: pool.blockBytes,
     cache: md.bm.cacheStats(),
     dataCache: pool.dataCacheStats(),
@@ -54,7 +57,7 @@ export function poolStatus(pool: Pool): PoolStatus {
         highest = md.highestMapped(d.devId);
       } catch (e) {
         // dm prints "Error" for a thin whose status cannot be read.
-        return { name: d.name, devId: d.devId, sectors: d.size / SECTOR, mappedSectors: 0, highestSector: null, error: (e as Error).message };
+        return { name: d.name, devId: d.devId, sectors: d.size / SECTOR, mappedSectors: 0, highestSector: null, suspended: pool.isSuspended(d.devId), error: (e as Error).message };
       }
       return {
         name: d.name,
@@ -62,6 +65,7 @@ export function poolStatus(pool: Pool): PoolStatus {
         sectors: d.size / SECTOR,
         mappedSectors: mapped * sectorsPerBlock,
         highestSector: highest === undefined ? null : (highest + 1) * sectorsPerBlock - 1,
+        suspended: pool.isSuspended(d.devId),
       };
     }),
   };

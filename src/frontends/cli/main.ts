@@ -324,6 +324,8 @@ export function buildProgram(): Command {
   faultCommands(program, run);
   lookCommands(program, run);
   eventsCommand(program, run);
+  // Only for --help: main() hands `thinfuse dmsetup ...` to dmsetup-command.ts.
+  program.command('dmsetup [args...]').description("dmsetup's grammar and output for thin-pool and thin devices (thinfuse dmsetup help)");
   for (const c of program.commands) {
     c.addOption(new Option('--json', 'print the result as JSON'));
     for (const s of c.commands) s.addOption(new Option('--json', 'print the result as JSON'));
@@ -332,6 +334,12 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  // dmsetup's grammar is not commander's (options anywhere, its own errors).
+  if (argv[2] === 'dmsetup') {
+    const { dmsetupMain } = await import('./dmsetup-command.js');
+    process.exitCode = await dmsetupMain(argv.slice(3));
+    return;
+  }
   const program = buildProgram();
   program.configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith('error:') ? `thinfuse: ${s.slice(7)}` : s) });
   for (const c of program.commands) c.exitOverride();

@@ -45,7 +45,7 @@ export async function openSession(dir: string): Promise<Session> {
   }
   const { EventsJournal } = await import('../../pool/events-journal.js');
   const journal = new EventsJournal(dir);
-  pool.events.on((e) => journal.append(e));
+  pool.eventStream.on((e) => journal.append(e));
   return {
     remote: false,
     call: (op, args) => runOp({ pool, faults }, op, args) as never,

@@ -147,12 +147,12 @@ export class AutoExtender {
       return this.refuse(r, 'error', (e as Error).message, facts);
     }
     this.refused.delete(r);
-    this.pool.events.emit('autoextend', { what: r, ...facts, fromBytes: from, toBytes: to, percent: r === 'data' ? this.pool.config.autoextend.percent : this.pool.config.autoextend.metadataPercent });
+    this.pool.eventStream.emit('autoextend', { what: r, ...facts, fromBytes: from, toBytes: to, percent: r === 'data' ? this.pool.config.autoextend.percent : this.pool.config.autoextend.metadataPercent });
   }
 
   private refuse(r: Resource, code: string, why: string, facts: EventDetails): void {
     if (this.refused.get(r) === code) return;
     this.refused.set(r, code);
-    this.pool.events.emit('autoextend_refused', { what: r, ...facts, code, reason: `not growing ${r}: ${why}` });
+    this.pool.eventStream.emit('autoextend_refused', { what: r, ...facts, code, reason: `not growing ${r}: ${why}` });
   }
 }

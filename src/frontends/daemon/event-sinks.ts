@@ -33,5 +33,5 @@ export function sendEvents(pool: Pool, log: (line: string) => void): { record: (
     if (systemd) process.stderr.write(`<${eventPriority(e)}>thinfuse serve: event ${eventLine(e)}\n`);
     else log(`event ${eventLine(e)}`);
   };
-  return { record, stop: pool.events.on(record) };
+  return { record, stop: pool.eventStream.on(record) };
 }

@@ -55,7 +55,7 @@ export class Metrics {
       this.ioTotal.inc({ op }, 0);
       this.ioErrors.inc({ op }, 0);
     }
-    src.pool.events.onCommit((s) => this.commitSeconds.observe(s));
+    src.pool.eventStream.onCommit((s) => this.commitSeconds.observe(s));
     this.poolMetrics();
     this.cacheMetrics();
   }
@@ -87,7 +87,7 @@ export class Metrics {
       },
     });
     readCounter(reg, 'thinfuse_events_total', 'Pool events since serve started, by kind (POOL/events.jsonl)', ['kind'], (set) => {
-      for (const k of EVENT_KINDS) set({ kind: k }, pool.events.counts.get(k) ?? 0);
+      for (const k of EVENT_KINDS) set({ kind: k }, pool.eventStream.counts.get(k) ?? 0);
     });
   }
 

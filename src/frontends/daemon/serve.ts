@@ -189,8 +189,8 @@ export class Server {
       const extender = new AutoExtender(pool);
       const server = new Server(pool, faults, mountpoint, devices, fuse, undefined, o.log, { extender, stopEvents: events.stop, metrics });
       await server.listen();
-      pool.events.emit('daemon_start', { pid: process.pid, mountpoint, metrics: metricsAt });
-      pool.events.on((e) => {
+      pool.eventStream.emit('daemon_start', { pid: process.pid, mountpoint, metrics: metricsAt });
+      pool.eventStream.on((e) => {
         if (e.kind === 'low_water' || e.kind === 'out_of_data_space') setImmediate(() => void extender.check());
       });
       server.startTimers();
@@ -283,7 +283,7 @@ export class Server {
     }
     await this.ops.metrics?.close();
     await this.devices.close();
-    this.pool.events.emit('daemon_stop', { pid: process.pid });
+    this.pool.eventStream.emit('daemon_stop', { pid: process.pid });
     await this.pool.close();
     this.ops.stopEvents();
     this.done();
