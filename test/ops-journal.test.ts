@@ -1,5 +1,5 @@
 // The events journal and auto-extend without FUSE: POOL/events.jsonl's
-// appends, rotation and half-written lines; the events an open pool reports
+// appends, rotation and half-written lines, and how --follow reads it; the events an open pool reports
 // (low water, out of data space, mode changes, aborts); auto-extend's
 // decisions (plan) and the extender growing a pool's data and metadata, or
 // refusing and saying why, with a stand-in for the host filesystem. Every
@@ -11,9 +11,10 @@ import { ThinError } from '../src/base/errors.js';
 import type { DevId } from '../src/base/units.js';
 import { AutoExtender, type HostProbe, plan, type PlanInput } from '../src/frontends/daemon/autoextend.js';
 import { makeEvent, type PoolEvent } from '../src/pool/events.js';
-import { EventsJournal, eventsPath, lastEvents, readJournal, rotatedPath } from '../src/pool/events-journal.js';
+import { EventsJournal, eventsPath, lastEvents, parseLine, readJournal, rotatedPath } from '../src/pool/events-journal.js';
 import { wrapOnly, makePool, MiB, oracle, tempDir } from './_helpers/pool.js';
 import { ForwardingBacking } from '../src/io/forwarding-backing.js';
+import { Follower } from '../src/frontends/cli/ops-commands.js';
 
 const BS = 64 * 1024;
 
@@ -53,6 +54,30 @@ test('a half-written last line is skipped with a warning, and the next event sta
   t.deepEqual(r.events.map((e) => e.details.pid), [1, 2]);
   t.is(r.warnings.length, 1);
   t.regex(r.warnings[0]!, /line 2 is not a whole event/);
+});
+
+test('the follower of events --follow reads appends as they come, across rotations, and warns once of a dead writer\'s half line', (t) => {
+  const dir = tempDir(t);
+  const j = new EventsJournal(dir, 400);
+  const got: number[] = [];
+  const warnings: string[] = [];
+  const f = new Follower(eventsPath(dir), rotatedPath(dir), parseLine, (e) => got.push(e.details.i as number), (w) => warnings.push(w));
+  f.poll();
+  let i = 0;
+  for (let round = 0; round < 6; round++) {
+    for (let k = 0; k < 3; k++) j.append(makeEvent('low_water', { i: i++ }));
+    f.poll();
+  }
+  t.true(fs.existsSync(rotatedPath(dir)), 'the journal rotated meanwhile');
+  t.deepEqual(got, [...Array(i).keys()], 'every event once, in order');
+  fs.appendFileSync(eventsPath(dir), '{"time":"2026-01-01T00:00:00.000Z","kind":"low_');
+  for (let p = 0; p < 5; p++) f.poll();
+  t.is(warnings.length, 1);
+  t.regex(warnings[0]!, /last line is half-written/);
+  j.append(makeEvent('low_water', { i: i++ }));
+  f.poll();
+  t.deepEqual(got, [...Array(i).keys()], 'the next event after the half line');
+  t.is(warnings.length, 1, 'warned once');
 });
 
 test('an open pool reports low water, out of data space and the mode changes', async (t) => {

@@ -60,7 +60,7 @@ export function autoextendText(a: AutoextendConfig): string {
 // events
 
 /** Reads POOL/events.jsonl from offset on, as it grows and rotates (tail -F). */
-class Follower {
+export class Follower {
   private offset = 0;
   private ino: number | undefined;
   private partial = '';
