@@ -76,6 +76,7 @@ export function plan(p: PlanInput): Plan {
 
 export class AutoExtender {
   private running: Promise<void> | undefined;
+  private paused = false;
   /** The last refusal per resource (its code), so each is recorded once. */
   private readonly refused = new Map<Resource, string>();
 
@@ -83,13 +84,20 @@ export class AutoExtender {
 
   /** Checks data, then metadata; grows what reached its threshold. Never throws; one check at a time. */
   check(): Promise<void> {
+    if (this.paused) return Promise.resolve();
     this.running ??= this.checkBoth().finally(() => (this.running = undefined));
     return this.running;
   }
 
-  /** Resolves when no check is running (the daemon stops only then). */
-  async idle(): Promise<void> {
+  /** No check starts from now on (the daemon is stopping); resolves when the running one is done. */
+  async pause(): Promise<void> {
+    this.paused = true;
     await this.running;
+  }
+
+  /** The stop was refused: checks go on. */
+  resume(): void {
+    this.paused = false;
   }
 
   private async checkBoth(): Promise<void> {

@@ -268,7 +268,7 @@ export class Server {
     }
     this.stopping = true;
     this.stopTimers();
-    await this.ops.extender.idle();
+    await this.ops.extender.pause();
     await this.control?.close();
     await this.devices.drain();
     try {
@@ -278,6 +278,7 @@ export class Server {
       this.log(`cannot stop yet: ${(e as Error).message}`);
       this.stopping = false;
       await this.listen();
+      this.ops.extender.resume();
       this.startTimers();
       return false;
     }
