@@ -85,5 +85,13 @@ fi
 say "npm run build"
 npm run build
 
+# ------------------------------------------------------------ lab dmsetup
+# Where the kernel has no device-mapper, `dmsetup` is thinfuse's lab mode
+# (scripts/dmsetup runs the real one if a device-mapper appears later).
+if [[ ! -c /dev/mapper/control ]]; then
+  ln -sfn "$PWD/scripts/dmsetup" /usr/local/sbin/dmsetup
+  say "no kernel device-mapper: /usr/local/sbin/dmsetup is thinfuse dmsetup"
+fi
+
 # ----------------------------------------------------------------- report
 say "thin-provisioning-tools $(dpkg-query -W -f='${Version}' thin-provisioning-tools) (thin_check --version: $(thin_check --version 2>&1 | head -n1))"

@@ -90,7 +90,9 @@ async function runCommand(command: string, args: string[], flags: Flags): Promis
   let waitFor: { name: string; after?: number } | undefined;
   await sd.locked(async () => {
     c.state = sd.read();
-    if (await revive(sd, c.devDir, c.state)) sd.write(c.state);
+    const revived = await revive(sd, c.devDir, c.state);
+    if (revived.changed) sd.write(c.state);
+    for (const w of revived.warnings) process.stderr.write(`dmsetup: warning: ${w}\n`);
     const save = () => sd.write(c.state);
     switch (command) {
       case 'create': need(args, 1, 'device name'); await cmd.create(c, args[0]!, table); break;

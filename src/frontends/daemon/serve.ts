@@ -225,10 +225,10 @@ export class Server {
       openDevices: () => this.devices.openDevices(),
       fastPathStats: () => this.devices.fastPathStats(),
       changed: async (name) => {
-        for (const dev of loopsOf(file(name))) flushBuffers(dev);
+        for (const dev of loopsOf(file(name))) await flushBuffers(dev);
       },
       resized: async (name) => {
-        for (const dev of loopsOf(file(name))) refreshLoop(dev);
+        for (const dev of loopsOf(file(name))) await refreshLoop(dev);
       },
     };
   }

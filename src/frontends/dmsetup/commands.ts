@@ -166,7 +166,7 @@ async function suspendThin(c: Ctx, d: DmDevice & { table: ThinTable }): Promise<
       fsfreeze(mp, true);
       frozen.push(mp);
     }
-    flushBuffers(d.loop!);
+    await flushBuffers(d.loop!);
     await holdThin(c, d);
   } catch (e) {
     for (const mp of frozen) fsfreeze(mp, false);

@@ -30,7 +30,12 @@ export function poolOf(state: DmState, name: string): DmDevice & { table: PoolTa
 export function startDaemon(sd: StateDir, name: string): number {
   const dir = sd.poolDir(name);
   const mnt = sd.mountpoint(name);
-  fs.mkdirSync(mnt, { recursive: true });
+  try {
+    fs.mkdirSync(mnt, { recursive: true });
+  } catch (e) {
+    // A dead daemon's mount is still there: serve clears it.
+    if ((e as NodeJS.ErrnoException).code !== 'ENOTCONN') throw e;
+  }
   const pidFile = path.join(dir, 'serve.pid');
   const r = spawnSync(process.execPath, [CLI, 'serve', dir, mnt, '--daemon', '--pid-file', pidFile, '--log-file', path.join(dir, 'serve.log')], { encoding: 'utf8' });
   if (r.status !== 0) {
@@ -104,29 +109,50 @@ export async function detachThin(sd: StateDir, devDir: string, name: string, poo
   removeNode(devDir, name);
 }
 
-/** Starts what the state holds active but is not running (pool daemons, thin loop devices). */
-export async function revive(sd: StateDir, devDir: string, state: DmState): Promise<boolean> {
-  let changed = false;
+/**
+ * Starts what the state holds active but is not running: a pool whose daemon
+ * is gone (a reboot, a kill -9) is served again, and its thin devices get
+ * new loop devices (an old one still points at the dead mount's file).
+ * Returns warnings for what could not be started (its devices are missing,
+ * say); the rest goes on.
+ */
+export async function revive(sd: StateDir, devDir: string, state: DmState): Promise<{ changed: boolean; warnings: string[] }> {
+  const restarted = new Set<string>();
+  const warnings: string[] = [];
   for (const d of Object.values(state.devices)) {
     if (d.table.target !== 'thin-pool' || await daemonRunning(sd, d.name)) continue;
-    d.pid = startDaemon(sd, d.name);
-    d.suspended = false;
-    poolNode(devDir, d.name, d as DmDevice & { table: PoolTable });
-    changed = true;
+    try {
+      // Loop devices over the dead daemon's files keep its stale mount busy.
+      for (const t of Object.values(state.devices)) {
+        if (t.table.target === 'thin' && t.loop && loopBackingFile(t.loop)?.startsWith(`${sd.mountpoint(d.name)}/`)) detachLoop(t.loop);
+      }
+      d.pid = startDaemon(sd, d.name);
+      d.suspended = false;
+      poolNode(devDir, d.name, d as DmDevice & { table: PoolTable });
+      restarted.add(d.name);
+    } catch (e) {
+      warnings.push(`pool ${d.name} is not active: ${(e as Error).message}`);
+    }
   }
   for (const d of Object.values(state.devices)) {
     if (d.table.target !== 'thin') continue;
     const poolName = poolNameOf(state, d.table.poolDev, devDir);
     const file = path.join(sd.mountpoint(poolName), d.name);
-    if (d.loop && loopBackingFile(d.loop) === file) continue;
-    // The daemon restarted: the name may be gone with it, or still in its registry.
-    await callOp(sd.poolDir(poolName), 'deactivate', { name: d.name }).catch(() => undefined);
-    d.loop = await attachThin(sd, devDir, d.name, poolName, d.table);
-    d.suspended = false;
-    d.frozen = undefined;
-    changed = true;
+    const attached = d.loop !== undefined && loopBackingFile(d.loop) === file;
+    if (attached && !restarted.has(poolName)) continue;
+    if (!restarted.has(poolName) && !await daemonRunning(sd, poolName)) continue;
+    try {
+      // The daemon restarted: the name may be gone with it, or still in its registry.
+      await callOp(sd.poolDir(poolName), 'deactivate', { name: d.name }).catch(() => undefined);
+      d.loop = await attachThin(sd, devDir, d.name, poolName, d.table);
+      d.suspended = false;
+      d.frozen = undefined;
+      restarted.add(d.name);
+    } catch (e) {
+      warnings.push(`thin ${d.name} is not active: ${(e as Error).message}`);
+    }
   }
-  return changed;
+  return { changed: restarted.size > 0, warnings };
 }
 
 /** The pool a thin table's pool device names: DEV_DIR/NAME, a path to that node, or its MAJ:MIN. */

@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { ThinError } from '../../base/errors.js';
 
@@ -9,11 +9,27 @@ function run(cmd: string, args: string[]): string {
   try {
     return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (e) {
-    const err = e as { stderr?: string; message: string; code?: string };
-    if (err.code === 'ENOENT') throw new ThinError('IO_ERROR', `${cmd} not found: install util-linux`);
-    const why = (err.stderr ?? err.message).trim().split('\n')[0];
-    throw new ThinError('IO_ERROR', `${cmd} ${args.join(' ')}: ${why}`);
+    throw runError(cmd, args, e);
   }
+}
+
+function runError(cmd: string, args: string[], e: unknown): ThinError {
+  const err = e as { stderr?: string; message: string; code?: string };
+  if (err.code === 'ENOENT') return new ThinError('IO_ERROR', `${cmd} not found: install util-linux`);
+  const why = (err.stderr ?? err.message).trim().split('\n')[0];
+  return new ThinError('IO_ERROR', `${cmd} ${args.join(' ')}: ${why}`);
+}
+
+/**
+ * Runs cmd without blocking the event loop: the FUSE daemon must run what
+ * touches its own files this way, since the kernel may need JS to answer
+ * FUSE requests (the file's size, writes of dirty pages) before the command
+ * can finish.
+ */
+function runAsync(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, { encoding: 'utf8' }, (e, stdout, stderr) => (e ? reject(runError(cmd, args, Object.assign(e, { stderr }))) : resolve(stdout)));
+  });
 }
 
 export function attachLoop(file: string, directIo?: boolean): string {
@@ -26,20 +42,25 @@ export function detachLoop(dev: string): void {
   run('losetup', ['-d', dev]);
 }
 
-/** Loop devices whose backing file is `file`. */
+/** Loop devices whose backing file is `file`, from sysfs (losetup would stat the file: a FUSE request). */
 export function loopsOf(file: string): string[] {
-  const out = run('losetup', ['--noheadings', '--output', 'NAME,BACK-FILE', '--list']);
-  return out.split('\n').map((l) => l.trim().split(/\s+/)).filter((f) => f.length >= 2 && f.slice(1).join(' ') === file).map((f) => f[0]!);
+  let names: string[];
+  try {
+    names = fs.readdirSync('/sys/block').filter((n) => n.startsWith('loop'));
+  } catch {
+    return [];
+  }
+  return names.filter((n) => loopBackingFile(`/dev/${n}`) === file).map((n) => `/dev/${n}`);
 }
 
-/** The kernel re-reads a loop device's size from its backing file. */
-export function refreshLoop(dev: string): void {
-  run('losetup', ['-c', dev]);
+/** The kernel re-reads a loop device's size from its backing file (a FUSE getattr: see runAsync). */
+export async function refreshLoop(dev: string): Promise<void> {
+  await runAsync('losetup', ['-c', dev]);
 }
 
-/** Drops a block device's page cache, after its contents changed behind it. */
-export function flushBuffers(dev: string): void {
-  run('blockdev', ['--flushbufs', dev]);
+/** Writes back and drops a block device's page cache (writes to a served file: see runAsync). */
+export async function flushBuffers(dev: string): Promise<void> {
+  await runAsync('blockdev', ['--flushbufs', dev]);
 }
 
 export function loopBackingFile(dev: string): string | undefined {
