@@ -57,6 +57,12 @@ class Lab {
     return sh(process.execPath, [CLI, 'dmsetup', ...args], this.env);
   }
 
+  /** dmsetup with its table on stdin. */
+  dmStdin(input: string, ...args: string[]): Run {
+    const r = spawnSync(process.execPath, [CLI, 'dmsetup', ...args], { encoding: 'utf8', env: this.env, input });
+    return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+  }
+
   dmOk(...args: string[]): string {
     return ok(this.dm(...args), `dmsetup ${args.join(' ')}`);
   }
@@ -276,14 +282,18 @@ test.serial('reload with a longer table, then resume, grows the pool; the thin f
   const lab = new Lab(t);
   const { meta, data } = lab.poolWithThin({ lenSectors: 1048576 });
   t.regex(lab.dmOk('status', 'pool'), / \d+\/8192 /);
-  lab.dmOk('reload', 'pool', '--table', `0 2097152 thin-pool ${meta} ${data} 128 0`);
+  // The table from a file, as dmsetup reads one (comments and blank lines skipped).
+  const tableFile = path.join(lab.work, 'pool.table');
+  fs.writeFileSync(tableFile, `# grown\n\n0 2097152 thin-pool ${meta} ${data} 128 0\n`);
+  lab.dmOk('reload', 'pool', tableFile);
   t.regex(lab.dmOk('info', 'pool'), /Tables present:    LIVE & INACTIVE/);
   t.regex(lab.dmOk('status', 'pool'), / \d+\/8192 /, 'the reloaded table is not live before resume');
   lab.dmOk('suspend', 'pool');
   lab.dmOk('resume', 'pool');
   t.regex(lab.dmOk('status', 'pool'), / \d+\/16384 /);
   t.regex(lab.dmOk('table', 'pool'), /^0 2097152 thin-pool /);
-  lab.dmOk('reload', 'thin', '--table', `0 1048576 thin ${lab.node('pool')} 0`);
+  const viaStdin = lab.dmStdin(`0 1048576 thin ${lab.node('pool')} 0\n`, 'reload', 'thin');
+  t.is(viaStdin.status, 0, `reload with the table on stdin: ${viaStdin.stderr}`);
   lab.dmOk('resume', 'thin');
   t.regex(lab.dmOk('status', 'thin'), /^0 1048576 thin /);
   t.is(ok(sh('blockdev', ['--getsz', lab.node('thin')]), 'blockdev').trim(), '1048576', 'the thin device grew');
@@ -305,6 +315,46 @@ test.serial('a kill -9 of the pool daemon: the next command serves the pool agai
   t.regex(ls.stdout, /^pool\t\(\d+:\d+\)\nthin\t\(\d+:\d+\)\n$/);
   t.not(lab.state().devices.pool!.pid, pid, 'a new daemon serves the pool');
   t.true(readBlocks(lab.node('thin'), 8).equals(fs.readFileSync(file)), 'the fsynced data reads back');
+  lab.dmOk('remove_all');
+  thinCheck(t, meta);
+});
+
+test.serial('where a kernel device-mapper is present, thinfuse dmsetup refuses and says to use it', (t) => {
+  const lab = new Lab(t);
+  fs.mkdirSync(lab.mapper, { recursive: true });
+  // The control node as the kernel makes it (misc 10:236), where libdm looks: $DM_DEV_DIR/mapper/control.
+  ok(sh('mknod', [path.join(lab.mapper, 'control'), 'c', '10', '236']), 'mknod');
+  const r = lab.dm('ls');
+  t.is(r.status, 1);
+  t.is(r.stderr.trim(), `dmsetup: this host has a kernel device-mapper (${path.join(lab.mapper, 'control')}): use its dmsetup, not thinfuse dmsetup`);
+  t.false(fs.existsSync(path.join(lab.work, 'state')), 'nothing made');
+});
+
+
+test.serial('after a reboot: a pool whose loop devices are gone is not listed, and comes back once they are', async (t) => {
+  const lab = new Lab(t);
+  const { meta, data } = lab.poolWithThin();
+  const file = path.join(lab.work, 'pattern');
+  ok(sh('dd', ['if=/dev/urandom', `of=${file}`, 'bs=64K', 'count=4', 'status=none']), 'dd');
+  ok(sh('dd', [`if=${file}`, `of=${lab.node('thin')}`, 'bs=64K', 'oflag=direct', 'conv=fsync', 'status=none']), 'dd');
+  const pid = lab.state().devices.pool!.pid!;
+  process.kill(pid, 'SIGKILL');
+  while (fs.existsSync(`/proc/${pid}`) && !/\) [ZX] /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))) await sleep(20);
+  // What a reboot leaves: the pool's loop devices no longer attached.
+  ok(sh('losetup', ['-d', meta, data]), 'losetup -d');
+  while (fs.existsSync(`/sys/block/${path.basename(meta)}/loop`) || fs.existsSync(`/sys/block/${path.basename(data)}/loop`)) await sleep(20);
+  const ls = lab.dm('ls');
+  t.is(ls.status, 0);
+  t.is(ls.stdout, 'No devices found\n');
+  t.regex(ls.stderr, /^dmsetup: warning: pool pool is not active: its metadata device \/dev\/loop\d+ is not attached, not .*\/meta: attach it again \(losetup /m);
+  t.regex(lab.dm('info', 'thin').stderr, /^device-mapper: info ioctl on thin failed: No such device or address \(thin is not active/m);
+  // The boot scripts attach the files again, at the same numbers.
+  ok(sh('losetup', [meta, path.join(lab.work, 'meta')]), 'losetup');
+  ok(sh('losetup', [data, path.join(lab.work, 'data')]), 'losetup');
+  const back = lab.dm('ls');
+  t.is(back.stderr, '');
+  t.regex(back.stdout, /^pool\t\(\d+:\d+\)\nthin\t\(\d+:\d+\)\n$/);
+  t.true(readBlocks(lab.node('thin'), 4).equals(fs.readFileSync(file)), 'the fsynced data reads back');
   lab.dmOk('remove_all');
   thinCheck(t, meta);
 });

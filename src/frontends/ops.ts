@@ -1,6 +1,8 @@
 import { ThinError } from '../base/errors.js';
 import type { DevId } from '../base/units.js';
-import { type PoolConfig, writeConfig } from '../pool/config.js';
+import { checkAutoextend, defaultConfig, type PoolConfig, writeConfig } from '../pool/config.js';
+import { faultDetails } from '../pool/events.js';
+import { lastEvents } from '../pool/events-journal.js';
 import type { FaultSpec, PoolFaults } from '../pool/faults.js';
 import type { Pool } from '../pool/pool.js';
 import { poolStatus } from '../pool/status.js';
@@ -43,6 +45,24 @@ function refuseIfOpen(c: OpContext, name: string, what: string): void {
   if (c.serve?.openDevices().includes(name)) {
     throw new ThinError('DEV_BUSY', `cannot ${what} ${name}: it is open (attached to a loop device?); detach it first`, { name });
   }
+}
+
+/** How many of the latest events info and status show. */
+export const RECENT_EVENTS = 5;
+
+/** What info and status add to the pool's numbers: the auto-extend settings and the latest events. */
+function operations(c: OpContext) {
+  return { autoextend: c.pool.config.autoextend, recentEvents: lastEvents(c.pool.dir, RECENT_EVENTS) };
+}
+
+/** A config from a client, checked before anything is written: its auto-extend settings must make sense now. */
+function checkedConfig(c: OpContext, config: PoolConfig): PoolConfig {
+  if (typeof config !== 'object' || config === null || typeof config.features !== 'object' || config.features === null) {
+    throw new ThinError('EINVAL_ARG', 'setConfig: config must be an object with features');
+  }
+  const autoextend = { ...defaultConfig().autoextend, ...(config.autoextend ?? c.pool.config.autoextend) };
+  checkAutoextend(autoextend, c.pool.md.nrDataBlocks * c.pool.blockBytes);
+  return { ...config, autoextend };
 }
 
 function namedOf(c: OpContext, devId: DevId): string | undefined {
@@ -146,12 +166,13 @@ export const OPS = {
 
   async status(c: OpContext) {
     await c.pool.commit();
-    return c.serve?.fastPathStats ? { ...poolStatus(c.pool), fastPath: c.serve.fastPathStats() } : poolStatus(c.pool);
+    const s = { ...poolStatus(c.pool), ...operations(c) };
+    return c.serve?.fastPathStats ? { ...s, fastPath: c.serve.fastPathStats() } : s;
   },
 
   async info(c: OpContext) {
     const p = c.pool;
-    return { ...poolStatus(p), config: p.config, nrDataBlocks: p.md.nrDataBlocks, time: p.md.sb.time, mountpoint: c.serve?.mountpoint ?? null, openDevices: c.serve?.openDevices() ?? [] };
+    return { ...poolStatus(p), ...operations(c), config: p.config, nrDataBlocks: p.md.nrDataBlocks, time: p.md.sb.time, mountpoint: c.serve?.mountpoint ?? null, openDevices: c.serve?.openDevices() ?? [] };
   },
 
   async read(c: OpContext, a: { name: string; offset: number; length: number }) {
@@ -202,15 +223,19 @@ export const OPS = {
   },
 
   async setConfig(c: OpContext, a: { config: PoolConfig }) {
-    writeConfig(c.pool.dir, a.config);
-    Object.assign(c.pool.config.features, a.config.features);
-    c.pool.config.lowWaterMark = a.config.lowWaterMark;
-    c.pool.config.noSpaceTimeout = a.config.noSpaceTimeout;
-    return a.config;
+    const config = checkedConfig(c, a.config);
+    writeConfig(c.pool.dir, config);
+    Object.assign(c.pool.config.features, config.features);
+    c.pool.config.autoextend = config.autoextend;
+    c.pool.config.lowWaterMark = config.lowWaterMark;
+    c.pool.config.noSpaceTimeout = config.noSpaceTimeout;
+    return config;
   },
 
   async faultSet(c: OpContext, a: { spec: FaultSpec }) {
-    return faultsOf(c).set(a.spec, c.pool);
+    const f = faultsOf(c).set(a.spec, c.pool);
+    c.pool.eventStream.emit('fault_set', faultDetails(f));
+    return f;
   },
 
   async faultList(c: OpContext) {
@@ -218,7 +243,9 @@ export const OPS = {
   },
 
   async faultClear(c: OpContext, a: { ids?: number[] }) {
-    return { cleared: faultsOf(c).clear(a.ids ?? [], c.pool) };
+    const cleared = faultsOf(c).clear(a.ids ?? [], c.pool);
+    if (cleared.length > 0) c.pool.eventStream.emit('fault_cleared', { ids: cleared.map((f) => f.id).join(','), count: cleared.length });
+    return { cleared };
   },
 
   async dump(c: OpContext, a: { metadataSnap?: boolean }) {

@@ -77,6 +77,8 @@ export class Transactions {
     // A commit in flight would write its superblock over the abort's needs_check.
     while (this.commitRunning) await this.commitRunning.catch(() => {});
     if (this.modes.mode !== 'fail') {
+      if (isThinError(e, 'NO_METADATA_SPACE')) this.ctx.events.emit('out_of_metadata_space', { totalBlocks: this.ctx.md.msm.nrBlocks });
+      this.ctx.events.emit('transaction_aborted', { reason: (e as Error)?.message ?? String(e), code: isThinError(e) ? e.code : 'INTERNAL' });
       try {
         this.ctx.hooks?.revoke(undefined, 'all');
         this.settling.clear();
@@ -201,7 +203,9 @@ export class Transactions {
       this.dataDirty = false;
       // Only what this commit's data flush makes durable; the rest waits for a later flush.
       if (flushData) written = this.takeWritten();
+      const start = process.hrtime.bigint();
       await this.ctx.md.commit(() => (flushData ? this.flushDataFile() : Promise.resolve()));
+      this.ctx.events.committed(Number(process.hrtime.bigint() - start) / 1e9);
     } catch (e) {
       const err = isThinError(e) ? e : new ThinError('IO_ERROR', `commit failed: ${(e as Error).message}`);
       this.commitRunning = undefined;

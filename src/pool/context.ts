@@ -5,6 +5,7 @@ import type { BackingFile } from '../io/backing-file.js';
 import type { PoolFiles } from '../io/pool-files.js';
 import type { Canary } from './canary.js';
 import type { PoolConfig } from './config.js';
+import { PoolEvents } from './events.js';
 import type { MappingHooks } from './hooks.js';
 import type { PoolMetadata } from './pool-metadata.js';
 import type { Registry } from './registry.js';
@@ -47,6 +48,8 @@ export class PoolContext {
   readonly cells = new KeyedLock();
   /** Data blocks being read now: a freed one must not be handed out until the read is done. */
   readonly reading = new Counter<number>();
+  /** What an operator must see afterwards (events.ts); front ends listen. */
+  readonly events = new PoolEvents();
 
   constructor(
     readonly dir: string,

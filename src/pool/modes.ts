@@ -34,7 +34,9 @@ export class PoolModes {
       this.ctx.hooks?.dirtied?.();
       this.ctx.hooks?.revoke(undefined, m === 'fail' ? 'all' : 'writes');
     }
+    const from = this.current;
     this.current = m;
+    if (from !== m) this.ctx.events.emit('mode_change', { from, to: m, needsCheck: this.ctx.md.needsCheck });
   }
 
   /** write or out_of_data_space: metadata may change. */
@@ -63,6 +65,7 @@ export class PoolModes {
     if (this.lowWaterArmed && this.ctx.md.dsm.nrFree <= this.ctx.config.lowWaterMark) {
       this.lowWaterArmed = false;
       this.lowWaterEvents++;
+      this.ctx.events.emit('low_water', { freeBlocks: this.ctx.md.dsm.nrFree, lowWaterMark: this.ctx.config.lowWaterMark });
       this.events++;
     }
   }
@@ -85,7 +88,7 @@ export class PoolModes {
 
   /** The allocator found no free block: out_of_data_space, then fail or queue as the policy says. */
   async waitForSpace(): Promise<void> {
-    if (this.mode === 'write') this.mode = 'out_of_data_space';
+    if (this.mode === 'write') this.enterNoSpace(false);
     if (this.errorIfNoSpace() || this.ctx.opts.oneShot) throw this.noSpaceError();
     this.startNoSpaceTimer();
     await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
@@ -100,7 +103,7 @@ export class PoolModes {
   async waitForHostSpace(): Promise<void> {
     const full = () => new ThinError('NO_DATA_SPACE', `the host filesystem under ${this.ctx.dir}/data is full; free space on it`);
     this.hostFull = true;
-    if (this.mode === 'write') this.mode = 'out_of_data_space';
+    if (this.mode === 'write') this.enterNoSpace(true);
     if (this.errorIfNoSpace() || this.ctx.opts.oneShot || this.ctx.closed) throw full();
     this.startNoSpaceTimer();
     await new Promise<void>((resolve) => {
@@ -111,6 +114,11 @@ export class PoolModes {
       });
     });
     if (this.errorIfNoSpace() || this.ctx.closed) throw full();
+  }
+
+  private enterNoSpace(hostFull: boolean): void {
+    this.mode = 'out_of_data_space';
+    this.ctx.events.emit('out_of_data_space', { policy: this.noSpacePolicy, hostFull, totalBlocks: this.ctx.md.dsm.nrBlocks });
   }
 
   private startNoSpaceTimer(): void {

@@ -12,6 +12,7 @@ import { Transactions } from './commit.js';
 import { CONFIG_FILE, type PoolConfig, readConfig, writeConfig } from './config.js';
 import { PoolContext, type PoolOpenOptions } from './context.js';
 import { Devices } from './devices.js';
+import type { PoolEvents } from './events.js';
 import type { MappingHooks } from './hooks.js';
 import { IoPath } from './io-path.js';
 import { type PoolMode, PoolModes } from './modes.js';
@@ -132,6 +133,11 @@ export class Pool {
 
   get noSpacePolicy(): 'error_if_no_space' | 'queue_if_no_space' {
     return this.modes.noSpacePolicy;
+  }
+
+  /** Low water, no space, mode changes, aborts (events.ts); front ends add their own. */
+  get eventStream(): PoolEvents {
+    return this.ctx.events;
   }
 
   /** Front ends drop their copies of mappings, so the next lookups read the metadata (a fault set under it must be seen). */

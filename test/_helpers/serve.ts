@@ -199,13 +199,18 @@ export function loopBacking(dev: string): string | undefined {
   }
 }
 
-/** `losetup --list`: [device, backing file]. */
+/**
+ * Attached loop devices: [device, backing file], from sysfs. Not `losetup
+ * --list`, which opens every loop device and so hangs on one whose backing
+ * file's FUSE daemon is stuck (another test's, say).
+ */
 export function loopList(): Array<[string, string]> {
-  const out = runOk('losetup', ['--list', '--noheadings', '--raw', '--output', 'NAME,BACK-FILE']);
-  return out.split('\n').filter(Boolean).map((l) => {
-    const sp = l.indexOf(' ');
-    return [l.slice(0, sp), l.slice(sp + 1).replace(/\\x20/g, ' ')] as [string, string];
-  });
+  const list: Array<[string, string]> = [];
+  for (const name of fs.readdirSync('/sys/block').filter((n) => /^loop\d+$/.test(n))) {
+    const file = loopBacking(`/dev/${name}`);
+    if (file) list.push([`/dev/${name}`, file]);
+  }
+  return list;
 }
 
 /** True when `file` (as the kernel names it, maybe with " (deleted)") is `want`. */
@@ -282,7 +287,7 @@ interface SystemState {
 }
 
 function systemState(): SystemState {
-  const loops = runOk('losetup', ['-a']).split('\n').filter(Boolean);
+  const loops = loopList().map(([dev, file]) => `${dev}: (${file})`);
   const fuseMounts = fs.readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.split(' ')[2]?.startsWith('fuse'));
   return { loops, fuseMounts };
 }
@@ -321,6 +326,8 @@ export interface ServeOptions {
   args?: string[];
   /** Wait this long for the "serving" line (default 30 s). */
   readyMs?: number;
+  /** Run as under systemd: JOURNAL_STREAM names the log file serve writes stderr to. */
+  journalStream?: boolean;
 }
 
 export type FsKind = 'xfs' | 'ext4';
@@ -381,7 +388,7 @@ export class E2E {
   /**
    * What this test left behind: loop devices over files under its dir,
    * mounts under its dir or of those loop devices, and live processes it
-   * started. Compares `losetup -a` and the FUSE mounts of /proc/mounts with
+   * started. Compares the loop devices (loopList) and the FUSE mounts of /proc/mounts with
    * the state when the test began (others may attach and mount meanwhile;
    * only what is ours counts).
    */
@@ -422,7 +429,9 @@ export class E2E {
     const mountpoint = o.mountpoint ?? this.mnt;
     const logFile = this.path(`serve-${++this.serveCount}.log`);
     const fd = fs.openSync(logFile, 'w');
-    const child = spawn(process.execPath, [CLI, 'serve', this.pool, mountpoint, ...(o.args ?? [])], { env: ENV, stdio: ['ignore', fd, fd] });
+    const st = fs.fstatSync(fd);
+    const env = o.journalStream ? { ...ENV, JOURNAL_STREAM: `${st.dev}:${st.ino}` } : ENV;
+    const child = spawn(process.execPath, [CLI, 'serve', this.pool, mountpoint, ...(o.args ?? [])], { env, stdio: ['ignore', fd, fd] });
     fs.closeSync(fd);
     if (child.pid === undefined) throw new Error('could not spawn thinfuse serve');
     const s = new Serve(child, logFile, mountpoint);

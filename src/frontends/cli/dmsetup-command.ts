@@ -51,7 +51,8 @@ export async function dmsetupMain(argv: string[]): Promise<number> {
     }
     if (!WRITERS.has(command) && !READERS.has(command)) throw new ThinError('EINVAL_ARG', `Unknown command: ${command} (thinfuse dmsetup help lists them)`);
     if (command === 'version' || command === 'targets') return print(command === 'version' ? report.version() : report.targetsList());
-    if (kernelDeviceMapper()) throw new ThinError('NOT_SUPPORTED', 'this host has a kernel device-mapper (/dev/mapper/control): use its dmsetup, not thinfuse dmsetup');
+    const control = kernelDeviceMapper();
+    if (control) throw new ThinError('NOT_SUPPORTED', `this host has a kernel device-mapper (${control}): use its dmsetup, not thinfuse dmsetup`);
     return await runCommand(command, args, flags);
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
@@ -91,6 +92,7 @@ async function runCommand(command: string, args: string[], flags: Flags): Promis
   await sd.locked(async () => {
     c.state = sd.read();
     const revived = await revive(sd, c.devDir, c.state);
+    c.down = revived.down;
     if (revived.changed) sd.write(c.state);
     for (const w of revived.warnings) process.stderr.write(`dmsetup: warning: ${w}\n`);
     const save = () => sd.write(c.state);

@@ -141,19 +141,33 @@ async function locally(dir: string, op: FaultOpName, args: { spec?: FaultSpec; i
     const { Pool } = await import('../../pool/pool.js');
     const pool = await Pool.open(dir, { oneShot: true });
     try {
-      return faults.set(args.spec, pool);
+      return await journaled(dir, faults.set(args.spec, pool));
     } finally {
       await pool.close();
     }
   }
   const lock = lockPool(dir);
   try {
-    if (op === 'faultSet') return faults.set(args.spec!);
-    if (op === 'faultClear') return { cleared: faults.clear(args.ids ?? []) };
+    if (op === 'faultSet') return journaled(dir, faults.set(args.spec!));
+    if (op === 'faultClear') return { cleared: await journaledClear(dir, faults.clear(args.ids ?? [])) };
     return faults.list();
   } finally {
     lock.release();
   }
+}
+
+/** Not served, nobody else writes POOL/events.jsonl: a fault set or cleared here goes there from here. */
+async function journaled(dir: string, f: Fault): Promise<Fault> {
+  const [{ EventsJournal }, { faultDetails, makeEvent }] = await Promise.all([import('../../pool/events-journal.js'), import('../../pool/events.js')]);
+  new EventsJournal(dir).append(makeEvent('fault_set', faultDetails(f)));
+  return f;
+}
+
+async function journaledClear(dir: string, cleared: Fault[]): Promise<Fault[]> {
+  if (cleared.length === 0) return cleared;
+  const [{ EventsJournal }, { makeEvent }] = await Promise.all([import('../../pool/events-journal.js'), import('../../pool/events.js')]);
+  new EventsJournal(dir).append(makeEvent('fault_cleared', { ids: cleared.map((f) => f.id).join(','), count: cleared.length }));
+  return cleared;
 }
 
 async function faultCall(dir: string, op: FaultOpName, args: { spec?: FaultSpec; ids?: number[] }): Promise<unknown> {

@@ -12,6 +12,7 @@ import { layerStoreCommands } from './layer-commands.js';
 import { snapshotterCommand } from './snapshotter-command.js';
 import { faultCommands } from './fault-commands.js';
 import { lookCommands, treeLines } from './show-commands.js';
+import { applyAutoextend, autoextendOptions, autoextendText, eventsCommand } from './ops-commands.js';
 
 // The `thinfuse` command. Each action parses its arguments, opens the pool
 // (taking its lock), does one thing through the pool API, and prints the
@@ -57,8 +58,8 @@ function onOff(v: string): boolean {
 function poolCommands(program: Command): void {
   const pool = program.command('pool').description('create and configure pools');
 
-  pool.command('create <pool>')
-    .description('create a pool: POOL/data and POOL/metadata, sparse')
+  autoextendOptions(pool.command('create <pool>')
+    .description('create a pool: POOL/data and POOL/metadata, sparse'))
     .option('--data-size <size>', 'data file size', '100G')
     .option('--metadata-size <size>', 'metadata file size (2M..16G)', '2G')
     .option('--block-size <size>', 'data block size (64k..1G, multiple of 64k)', '64k')
@@ -68,7 +69,7 @@ function poolCommands(program: Command): void {
     .option('--no-discard-passdown', 'unmap on discard but never punch holes in POOL/data')
     .option('--ignore-discard', 'ignore discards')
     .action(run(async (out, dir: string, o: Record<string, string | boolean>) => {
-      const [{ checkBlockSize, checkDataSize, checkMetadataSize }, { defaultConfig }, { hostSpaceWarning }] = await Promise.all([
+      const [{ checkBlockSize, checkDataSize, checkMetadataSize }, { checkAutoextend, defaultConfig }, { hostSpaceWarning }] = await Promise.all([
         import('../../pool/validate.js'), import('../../pool/config.js'), import('../layers/guards.js'),
       ]);
       const blockSize = parseSize(String(o.blockSize), '--block-size');
@@ -83,6 +84,8 @@ function poolCommands(program: Command): void {
       config.features.errorIfNoSpace = Boolean(o.errorIfNoSpace);
       config.features.noDiscardPassdown = o.discardPassdown === false;
       config.features.ignoreDiscard = Boolean(o.ignoreDiscard);
+      config.autoextend = applyAutoextend(config.autoextend, o as Record<string, string>);
+      checkAutoextend(config.autoextend, dataSize);
       const { Pool } = await import('../../pool/pool.js');
       const p = await Pool.create(dir, { dataSize, metadataSize, blockSize, config });
       hostSpaceWarning(dir, dataSize, metadataSize);
@@ -91,8 +94,8 @@ function poolCommands(program: Command): void {
         [`created pool ${dir}: ${formatBytes(dataSize)} data in ${dataSize / blockSize} blocks of ${formatBytes(blockSize)}, ${formatBytes(metadataSize)} metadata`]);
     }));
 
-  pool.command('set <pool>')
-    .description("change what dm keeps in the pool's table line (POOL/config)")
+  autoextendOptions(pool.command('set <pool>')
+    .description("change what dm keeps in the pool's table line, and LVM's auto-extend settings (POOL/config)"))
     .option('--low-water-mark <blocks>', 'free data blocks that raise the low-water event')
     .option('--no-space-timeout <seconds>', 'how long writes wait for space under queue_if_no_space (0 = forever)')
     .option('--skip-block-zeroing <on|off>')
@@ -102,6 +105,7 @@ function poolCommands(program: Command): void {
     .option('--read-only <on|off>')
     .action(run(async (out, dir: string, o: Record<string, string>) => {
       const config: PoolConfig = await callOp(dir, 'config', {});
+      config.autoextend = applyAutoextend(config.autoextend, o);
       if (o.lowWaterMark !== undefined) config.lowWaterMark = parseCount(o.lowWaterMark, '--low-water-mark');
       if (o.noSpaceTimeout !== undefined) config.noSpaceTimeout = parseCount(o.noSpaceTimeout, '--no-space-timeout');
       if (o.skipBlockZeroing !== undefined) config.features.skipBlockZeroing = onOff(o.skipBlockZeroing);
@@ -194,13 +198,15 @@ function deviceCommands(program: Command): void {
     .description('pool facts: sizes, features, mode, low-water events, caches')
     .action(run(async (out, dir: string) => {
       const s = await callOp(dir, 'info', {});
-      const { dockerInfo, dockerInfoLines } = await import('../layers/info.js');
+      const [{ dockerInfo, dockerInfoLines }, { eventLine }] = await Promise.all([import('../layers/info.js'), import('../../pool/events.js')]);
       const docker = dockerInfo(dir, s);
       out.result({ ...docker, ...s }, [
         ...dockerInfoLines(docker),
         `pool ${s.name}: ${s.nrDataBlocks} blocks of ${formatBytes(s.blockSize)}, ${s.data.used} used; metadata ${s.metadata.used}/${s.metadata.total} blocks`,
         `mode ${s.mode}, ${s.discard}, ${s.noSpace}${s.needsCheck ? ', needs_check' : ''}; transaction ${s.transactionId}, time ${s.time}`,
         `low water mark ${s.lowWaterMark} blocks, events ${s.lowWaterEvents}; metadata snapshot ${s.heldRoot ?? '-'}`,
+        autoextendText(s.autoextend),
+        ...(s.recentEvents.length ? ['recent events:', ...s.recentEvents.map((e) => `  ${eventLine(e)}`)] : []),
         ...(s.mountpoint ? [`served at ${s.mountpoint}; open: ${s.openDevices.join(' ') || '-'}`] : []),
       ]);
     }));
@@ -319,6 +325,7 @@ export function buildProgram(): Command {
   snapshotterCommand(program, run);
   faultCommands(program, run);
   lookCommands(program, run);
+  eventsCommand(program, run);
   // Only for --help: main() hands `thinfuse dmsetup ...` to dmsetup-command.ts.
   program.command('dmsetup [args...]').description("dmsetup's grammar and output for thin-pool and thin devices (thinfuse dmsetup help)");
   for (const c of program.commands) {

@@ -28,6 +28,15 @@ interface ServeFlags {
   fastPath: string;
   readAhead: string;
   pollUs: string;
+  metrics?: string;
+}
+
+/** serve --metrics HOST:PORT (port 0: any free one, logged); [v6]:PORT too. */
+export function parseListen(text: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new ThinError('EINVAL_ARG', `--metrics takes HOST:PORT (e.g. 127.0.0.1:9489), not '${text}'`);
+  return { host: m[1] ?? m[2]!, port };
 }
 
 /** Tells a waiting `serve --daemon` parent how startup went. */
@@ -49,12 +58,13 @@ async function serveForeground(out: Out, dir: string, mountpoint: string, o: Ser
   const fastPath = o.fastPath === 'on' ? true : o.fastPath === 'off' ? false : bad(`--fast-path takes on or off, not '${o.fastPath}'`);
   const readAheadBytes = parseSize(o.readAhead, '--read-ahead');
   const pollMicros = /^\d{1,6}$/.test(o.pollUs) ? Number(o.pollUs) : bad(`--poll-us takes a whole number of microseconds (0 turns polling off), not '${o.pollUs}'`);
+  const metrics = o.metrics === undefined ? undefined : parseListen(o.metrics);
   const log = (line: string) => process.stderr.write(`thinfuse serve: ${line}\n`);
   // Imported here, not at the top: every other command would pay for loading FUSE and the engine.
   const { Server: ServerClass } = await import('../daemon/serve.js');
   let server: Server;
   try {
-    server = await ServerClass.start(dir, mountpoint, { cacheBlocks, dataCacheBytes, fastPath, readAheadBytes, pollMicros, log });
+    server = await ServerClass.start(dir, mountpoint, { cacheBlocks, dataCacheBytes, fastPath, readAheadBytes, pollMicros, metrics, log });
   } catch (e) {
     notifyParent(`ERROR ${(e as Error).message}`);
     throw e;
@@ -76,7 +86,7 @@ async function serveDaemon(out: Out, dir: string, mountpoint: string, o: ServeFl
   const logFile = path.resolve(o.logFile ?? path.join(dir, 'serve.log'));
   const logFd = fs.openSync(logFile, 'a');
   const main = fileURLToPath(new URL('./main.js', import.meta.url));
-  const child = spawn(process.execPath, [main, 'serve', dir, mountpoint, '--cache-size', o.cacheSize, '--metadata-cache-size', o.metadataCacheSize, '--fast-path', o.fastPath, '--read-ahead', o.readAhead, '--poll-us', o.pollUs], {
+  const child = spawn(process.execPath, [main, 'serve', dir, mountpoint, '--cache-size', o.cacheSize, '--metadata-cache-size', o.metadataCacheSize, '--fast-path', o.fastPath, '--read-ahead', o.readAhead, '--poll-us', o.pollUs, ...(o.metrics === undefined ? [] : ['--metrics', o.metrics])], {
     detached: true,
     stdio: ['ignore', logFd, logFd, 'pipe'],
     env: { ...process.env, [READY_FD]: '3' },
@@ -108,6 +118,7 @@ export function serveCommands(program: Command, run: Run): void {
     .option('--metadata-cache-size <size>', 'metadata block cache', '32M')
     .option('--fast-path <on|off>', 'serve reads and writes of known, unshared blocks in the FUSE threads, without JS', 'on')
     .option('--read-ahead <size>', "the mount's read-ahead window (the kernel's default is 128K)", '1M')
+    .option('--metrics <host:port>', 'serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (port 0: any free one, logged)')
     .option('--poll-us <n>', 'how long FUSE and JS threads poll for work before they sleep: lower latency for a CPU core (0: never)', String(DEFAULT_POLL_US))
     .action(run(async (out, dir: string, mountpoint: string, o: ServeFlags) => {
       if (o.daemon) await serveDaemon(out, dir, mountpoint, o);

@@ -43,6 +43,9 @@ export async function openSession(dir: string): Promise<Session> {
     if (late) return late;
     throw e;
   }
+  const { EventsJournal } = await import('../../pool/events-journal.js');
+  const journal = new EventsJournal(dir);
+  pool.eventStream.on((e) => journal.append(e));
   return {
     remote: false,
     call: (op, args) => runOp({ pool, faults }, op, args) as never,

@@ -8,16 +8,24 @@ import { type FuseInstance, loadFuse } from '../fuse/fuse-native.js';
 import { DEFAULT_POLL_US, MAX_READ, MAX_WRITE } from '../fuse/transport.js';
 import { runOp, type ServeHooks } from '../ops.js';
 import { flushBuffers, loopBackingFile, loopsOf, mountOf, mounts, refreshLoop, unmountFuse } from '../system/loop.js';
+import { AutoExtender } from './autoextend.js';
 import { ControlServer } from './control.js';
+import { sendEvents } from './event-sinks.js';
+import type { Metrics } from './metrics.js';
 
 // `thinfuse serve`: the pool held open, its named devices served as files
 // through FUSE, pool commands taken over the control socket, a commit every
 // second and on every fsync. It stops only when no device file is open, and
 // never unmounts lazily (that would cut filesystems mounted on top loose).
+// The pool's events go to POOL/events.jsonl and the log (event-sinks.ts);
+// auto-extend checks the pool's use every AUTOEXTEND_MS and whenever it
+// runs low or out of space; --metrics serves Prometheus metrics.
 
 /** How long a stop waits for device files closed just before it to be released. */
 const STOP_GRACE_MS = 1000;
 const STOP_GRACE_STEP_MS = 50;
+/** How often auto-extend looks at the pool's use (a few divisions; cheap). */
+const AUTOEXTEND_MS = 250;
 
 export interface ServeOptions {
   /** Metadata block cache, in 4 KiB blocks. */
@@ -30,6 +38,8 @@ export interface ServeOptions {
   readAheadBytes?: number;
   /** How long FUSE threads and the JS thread poll before they sleep, in microseconds (default DEFAULT_POLL_US; 0: never). */
   pollMicros?: number;
+  /** Where to serve Prometheus metrics (serve --metrics HOST:PORT); none: no metrics. */
+  metrics?: { host: string; port: number };
   log: (line: string) => void;
 }
 
@@ -111,12 +121,31 @@ function setReadAhead(mountpoint: string, bytes: number, log: (s: string) => voi
   }
 }
 
+/** The metrics endpoint, listening before FUSE mounts (a taken port fails the start cleanly). */
+async function startMetrics(pool: Pool, fastPath: () => ReturnType<DeviceFs['fastPathStats']>, at: { host: string; port: number }, log: (s: string) => void): Promise<{ metrics: Metrics; at: string }> {
+  // Loaded only with --metrics: prom-client is not free to import.
+  const { Metrics: MetricsClass } = await import('./metrics.js');
+  const m = new MetricsClass({ pool, fastPath });
+  const a = await m.listen(at.host, at.port);
+  const where = `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
+  log(`metrics at http://${where}/metrics`);
+  return { metrics: m, at: where };
+}
+
 function callback(fn: (cb: (err: Error | null) => void) => void): Promise<void> {
   return new Promise((resolve, reject) => fn((err) => (err ? reject(err) : resolve())));
 }
 
+/** The daemon's parts besides FUSE and the control socket. */
+interface Operations {
+  extender: AutoExtender;
+  stopEvents: () => void;
+  metrics: Metrics | undefined;
+}
+
 export class Server {
   private timer: NodeJS.Timeout | undefined;
+  private extendTimer: NodeJS.Timeout | undefined;
   private stopping = false;
   private done!: () => void;
   readonly finished = new Promise<void>((r) => (this.done = r));
@@ -129,6 +158,7 @@ export class Server {
     private readonly fuse: FuseInstance,
     private control: ControlServer | undefined,
     private readonly log: (s: string) => void,
+    private readonly ops: Operations,
   ) {}
 
   static async start(poolDir: string, mountpointArg: string, o: ServeOptions): Promise<Server> {
@@ -140,26 +170,48 @@ export class Server {
     // Faults set with thinfuse fault persist until cleared (POOL/faults.json); they sit under the data cache.
     const faults = PoolFaults.load(poolDir);
     const pool = await Pool.open(poolDir, { cacheBlocks: o.cacheBlocks, dataCacheBytes: o.dataCacheBytes, wrap: faults.wrap });
+    const events = sendEvents(pool, o.log);
     let devices: DeviceFs | undefined;
+    let metrics: Metrics | undefined;
+    let metricsAt: string | null = null;
     try {
       prepareMountpoint(mountpoint, o.log);
       refuseSelfBacked(poolDir, mountpoint);
       lowerOomScore(o.log);
+      if (o.metrics) ({ metrics, at: metricsAt } = await startMetrics(pool, () => devices?.fastPathStats() ?? null, o.metrics, o.log));
       const Fuse = loadFuse();
-      devices = new DeviceFs(pool, { error: (op, name, e) => o.log(`${op} ${name}: ${(e as Error).message}`) }, { fastPath: o.fastPath === false ? undefined : Fuse.fastPath });
+      const done = metrics ? metrics.observeIo.bind(metrics) : undefined;
+      devices = new DeviceFs(pool, { error: (op, name, e) => o.log(`${op} ${name}: ${(e as Error).message}`), done }, { fastPath: o.fastPath === false ? undefined : Fuse.fastPath });
       Fuse.transport(1, MAX_READ / 4096, (o.pollMicros ?? DEFAULT_POLL_US) * 1000);
       const fuse = new Fuse(mountpoint, devices.ops(), { fsname: mountOptions(pool.name), force: false, mkdir: false, timeout: false });
       await callback((cb) => fuse.mount(cb));
       if (o.readAheadBytes !== undefined) setReadAhead(mountpoint, o.readAheadBytes, o.log);
-      const server = new Server(pool, faults, mountpoint, devices, fuse, undefined, o.log);
+      const extender = new AutoExtender(pool);
+      const server = new Server(pool, faults, mountpoint, devices, fuse, undefined, o.log, { extender, stopEvents: events.stop, metrics });
       await server.listen();
-      server.timer = setInterval(() => void server.tick(), 1000);
+      pool.eventStream.emit('daemon_start', { pid: process.pid, mountpoint, metrics: metricsAt });
+      pool.eventStream.on((e) => {
+        if (e.kind === 'low_water' || e.kind === 'out_of_data_space') setImmediate(() => void extender.check());
+      });
+      server.startTimers();
       return server;
     } catch (e) {
+      await metrics?.close();
       await devices?.close();
       await pool.close();
+      events.stop();
       throw e;
     }
+  }
+
+  private startTimers(): void {
+    this.timer = setInterval(() => void this.tick(), 1000);
+    this.extendTimer = setInterval(() => void this.ops.extender.check(), AUTOEXTEND_MS);
+  }
+
+  private stopTimers(): void {
+    clearInterval(this.timer);
+    clearInterval(this.extendTimer);
   }
 
   private async listen(): Promise<void> {
@@ -215,7 +267,8 @@ export class Server {
       return false;
     }
     this.stopping = true;
-    clearInterval(this.timer);
+    this.stopTimers();
+    await this.ops.extender.pause();
     await this.control?.close();
     await this.devices.drain();
     try {
@@ -225,11 +278,15 @@ export class Server {
       this.log(`cannot stop yet: ${(e as Error).message}`);
       this.stopping = false;
       await this.listen();
-      this.timer = setInterval(() => void this.tick(), 1000);
+      this.ops.extender.resume();
+      this.startTimers();
       return false;
     }
+    await this.ops.metrics?.close();
     await this.devices.close();
+    this.pool.eventStream.emit('daemon_stop', { pid: process.pid });
     await this.pool.close();
+    this.ops.stopEvents();
     this.done();
     return true;
   }

@@ -5,7 +5,7 @@ import { type PoolConfig, defaultConfig, writeConfig } from '../../pool/config.j
 import { callOp } from '../cli/session.js';
 import { detachLoop, flushBuffers, fsfreeze } from '../system/loop.js';
 import { dmError, errnoOf, noDevice } from './errors.js';
-import { attachThin, detachThin, poolNameOf, poolNode, poolOf, startDaemon, stopDaemon } from './lifecycle.js';
+import { attachThin, backingOf, detachThin, poolNameOf, poolNode, poolOf, startDaemon, stopDaemon } from './lifecycle.js';
 import { devNoOf, mountsOn, openers, removeNode, resolveDevice } from './nodes.js';
 import type { DmDevice, DmState, StateDir } from './state.js';
 import { type PoolTable, type Table, type ThinTable, parseTable } from './table.js';
@@ -19,6 +19,8 @@ export interface Ctx {
   sd: StateDir;
   devDir: string;
   state: DmState;
+  /** Devices in the state that could not be brought up this time (their pool's devices are missing). */
+  down?: Set<string>;
 }
 
 /** Reads the first 4 KiB of the metadata device: all zeros means dm-thin formats it. */
@@ -68,7 +70,8 @@ async function createPool(c: Ctx, name: string, t: PoolTable): Promise<void> {
   const dir = c.sd.poolDir(name);
   fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(dir, { recursive: true });
-  const d: DmDevice & { table: PoolTable } = { name, table: { ...t, metadataDev: meta.path, dataDev: data.path }, suspended: false };
+  const table = { ...t, metadataDev: meta.path, dataDev: data.path };
+  const d: DmDevice & { table: PoolTable } = { name, table, suspended: false, backing: backingOf(table) };
   try {
     fs.symlinkSync(meta.path, path.join(dir, 'metadata'));
     fs.symlinkSync(data.path, path.join(dir, 'data'));
@@ -236,6 +239,13 @@ export async function message(c: Ctx, dev: string, sector: string, words: string
 export async function remove(c: Ctx, dev: string): Promise<void> {
   const name = nameOf(c, dev, 'remove');
   const d = c.state.devices[name]!;
+  if (c.down?.has(name)) {
+    // Nothing of it runs: only its records go (its pool's registry keeps the name until the pool is served).
+    if (d.table.target === 'thin-pool') fs.rmSync(c.sd.poolDir(name), { recursive: true, force: true });
+    removeNode(c.devDir, name);
+    delete c.state.devices[name];
+    return;
+  }
   if (d.table.target === 'thin') {
     const loop = d.loop;
     if (loop && fs.existsSync(loop) && openers(devNoOf(loop)) > 0) throw dmError('DEV_BUSY', 'remove', name, 'EBUSY', `${name} is in use: unmount it (${mountsOn(devNoOf(loop)).join(', ') || 'or close it'}) first`);
@@ -263,12 +273,13 @@ export async function removeAll(c: Ctx, save: () => void): Promise<void> {
   }
 }
 
-/** A device argument: a name, DEV_DIR/NAME, or a path to such a node. */
+/** A device argument: a name, DEV_DIR/NAME, or a path to such a node; only remove takes a device that is down. */
 export function nameOf(c: Ctx, dev: string, ioctl: string): string {
-  if (c.state.devices[dev]) return dev;
   const base = path.basename(dev);
-  if (path.dirname(path.resolve(dev)) === path.resolve(c.devDir) && c.state.devices[base]) return base;
-  throw noDevice(ioctl, dev);
+  const name = c.state.devices[dev] ? dev : path.dirname(path.resolve(dev)) === path.resolve(c.devDir) && c.state.devices[base] ? base : undefined;
+  if (name === undefined) throw noDevice(ioctl, dev);
+  if (c.down?.has(name) && ioctl !== 'remove') throw dmError('DEV_MISSING', ioctl, name, 'ENXIO', `${name} is not active (see the warning above); remove it, or bring its devices back`);
+  return name;
 }
 
 function sizeOf(dev: string): number {

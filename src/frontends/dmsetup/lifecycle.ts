@@ -116,12 +116,14 @@ export async function detachThin(sd: StateDir, devDir: string, name: string, poo
  * Returns warnings for what could not be started (its devices are missing,
  * say); the rest goes on.
  */
-export async function revive(sd: StateDir, devDir: string, state: DmState): Promise<{ changed: boolean; warnings: string[] }> {
+export async function revive(sd: StateDir, devDir: string, state: DmState): Promise<{ changed: boolean; warnings: string[]; down: Set<string> }> {
   const restarted = new Set<string>();
   const warnings: string[] = [];
+  const down = new Set<string>();
   for (const d of Object.values(state.devices)) {
     if (d.table.target !== 'thin-pool' || await daemonRunning(sd, d.name)) continue;
     try {
+      checkBacking(d as DmDevice & { table: PoolTable });
       // Loop devices over the dead daemon's files keep its stale mount busy.
       for (const t of Object.values(state.devices)) {
         if (t.table.target === 'thin' && t.loop && loopBackingFile(t.loop)?.startsWith(`${sd.mountpoint(d.name)}/`)) detachLoop(t.loop);
@@ -132,11 +134,16 @@ export async function revive(sd: StateDir, devDir: string, state: DmState): Prom
       restarted.add(d.name);
     } catch (e) {
       warnings.push(`pool ${d.name} is not active: ${(e as Error).message}`);
+      down.add(d.name);
     }
   }
   for (const d of Object.values(state.devices)) {
     if (d.table.target !== 'thin') continue;
     const poolName = poolNameOf(state, d.table.poolDev, devDir);
+    if (down.has(poolName)) {
+      down.add(d.name);
+      continue;
+    }
     const file = path.join(sd.mountpoint(poolName), d.name);
     const attached = d.loop !== undefined && loopBackingFile(d.loop) === file;
     if (attached && !restarted.has(poolName)) continue;
@@ -150,9 +157,28 @@ export async function revive(sd: StateDir, devDir: string, state: DmState): Prom
       restarted.add(d.name);
     } catch (e) {
       warnings.push(`thin ${d.name} is not active: ${(e as Error).message}`);
+      down.add(d.name);
     }
   }
-  return { changed: restarted.size > 0, warnings };
+  return { changed: restarted.size > 0, warnings, down };
+}
+
+/** The backing files a pool's loop devices had at create, if they had any. */
+export function backingOf(t: PoolTable): DmDevice['backing'] {
+  const metadata = loopBackingFile(t.metadataDev);
+  const data = loopBackingFile(t.dataDev);
+  return metadata || data ? { ...(metadata ? { metadata } : {}), ...(data ? { data } : {}) } : undefined;
+}
+
+/** Refuses to serve a pool whose loop devices now hold other files (or none). */
+function checkBacking(d: DmDevice & { table: PoolTable }): void {
+  for (const which of ['metadata', 'data'] as const) {
+    const want = d.backing?.[which];
+    const dev = which === 'metadata' ? d.table.metadataDev : d.table.dataDev;
+    if (want === undefined) continue;
+    const now = loopBackingFile(dev);
+    if (now !== want) throw new ThinError('DEV_MISSING', `its ${which} device ${dev} ${now ? `is now ${now}` : 'is not attached'}, not ${want}: attach it again (losetup ${dev} ${want}), then run dmsetup ls`);
+  }
 }
 
 /** The pool a thin table's pool device names: DEV_DIR/NAME, a path to that node, or its MAJ:MIN. */

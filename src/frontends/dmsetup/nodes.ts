@@ -92,11 +92,14 @@ export function readAheadSectors(d: DevNo): number {
   }
 }
 
-/** A host with a real device-mapper: thinfuse must not pretend to be it. */
-export function kernelDeviceMapper(): boolean {
-  try {
-    return fs.statSync('/dev/mapper/control').isCharacterDevice();
-  } catch {
-    return false;
+/** The control node of a real device-mapper, where libdm looks for it ($DM_DEV_DIR/mapper/control), if there is one: thinfuse must not pretend to be it. */
+export function kernelDeviceMapper(): string | undefined {
+  for (const p of new Set([path.join(devDir(), 'control'), '/dev/mapper/control'])) {
+    try {
+      if (fs.statSync(p).isCharacterDevice()) return p;
+    } catch {
+      // Not there.
+    }
   }
+  return undefined;
 }

@@ -26,8 +26,9 @@ export const LIBRARY_VERSION = 'thinfuse dmsetup 0.1.0 (userspace dm-thin, no ke
 /** The dm-thin target versions whose table, message and status grammar thinfuse follows (Linux 6.x). */
 export const TARGETS = [['thin-pool', 'v1.23.0'], ['thin', 'v1.23.0']] as const;
 
+/** The active devices by name (one that could not be brought up is not listed, as the kernel would not know it). */
 function sorted(c: Ctx): DmDevice[] {
-  return Object.values(c.state.devices).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  return Object.values(c.state.devices).filter((d) => !c.down?.has(d.name)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 }
 
 /** The devices a command names (one) or all of them, with whether to prefix lines with the name. */

@@ -32,6 +32,8 @@ export interface DmDevice {
   poolLoop?: string;
   /** A pool: its serving daemon. */
   pid?: number;
+  /** A pool on loop devices: their backing files at create, checked before the pool is served again (after a reboot a loop number may name another file). */
+  backing?: { metadata?: string; data?: string };
   /** Event number offset: events seen by earlier daemons of this pool (a restart starts the pool's own count at 0). */
   eventBase?: number;
 }

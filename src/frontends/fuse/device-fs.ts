@@ -36,6 +36,8 @@ type Cb = (code: number, ...rest: any[]) => void;
 export interface DeviceFsEvents {
   /** A request failed; for the daemon's log. */
   error?(op: string, name: string, e: unknown): void;
+  /** A request the engine answered, and how long it took (serve --metrics). */
+  done?(op: string, seconds: number, failed: boolean): void;
 }
 
 export class DeviceFs {
@@ -98,9 +100,16 @@ export class DeviceFs {
   /** Runs a request, answering cb with its result or an errno. */
   private track(op: string, name: string, cb: Cb, fn: () => Promise<number>): void {
     this.inFlight++;
+    const done = this.events.done;
+    const start = done ? process.hrtime.bigint() : 0n;
+    const took = () => Number(process.hrtime.bigint() - start) / 1e9;
     fn().then(
-      (r) => cb(r),
+      (r) => {
+        done?.(op, took(), false);
+        cb(r);
+      },
       (e) => {
+        done?.(op, took(), true);
         this.events.error?.(op, name, e);
         cb(toErrno(e));
       },
