@@ -49,6 +49,21 @@ function devices(pool: string): string[] {
   return tfJson<Array<{ name: string | null }>>(['ls', pool]).map((d) => d.name ?? '(unnamed)').sort();
 }
 
+/**
+ * The pool's devices once they are `want`, or what they are after a minute:
+ * containerd removes a deleted container's snapshot from the snapshotter in
+ * its garbage collection, which runs soon after, not before the command returns.
+ */
+async function settledDevices(pool: string, want: string[]): Promise<string[]> {
+  const end = Date.now() + 60_000;
+  let have = devices(pool);
+  while (JSON.stringify(have) !== JSON.stringify(want) && Date.now() < end) {
+    await sleep(500);
+    have = devices(pool);
+  }
+  return have;
+}
+
 test.serial('containerd: image import and ctr run --rm through the thinfuse proxy snapshotter', async (t) => {
   t.timeout(10 * 60_000);
   const missing = ['containerd', 'ctr', 'runc'].filter((c) => !which(c));
@@ -95,7 +110,8 @@ test.serial('containerd: image import and ctr run --rm through the thinfuse prox
   const r = ctr(['run', '--rm', '--snapshotter', 'thinfuse', IMAGE, 'c1', '/bin/sh', '-c', 'echo ok; cat /etc/motd; test -e /etc/gone.txt || echo whiteout-ok']);
   t.is(r.status, 0, r.stderr);
   t.is(r.stdout, 'ok\nhello from layer 2\nwhiteout-ok\n');
-  t.deepEqual(devices(env.pool), ['layer/base', 'layer/ctd-1', 'layer/ctd-2'], "--rm removed the container's snapshot");
+  const layers = ['layer/base', 'layer/ctd-1', 'layer/ctd-2'];
+  t.deepEqual(await settledDevices(env.pool, layers), layers, "--rm removed the container's snapshot (in containerd's gc)");
 
   // 3. a running container outlives a restart of the snapshotter: its rootfs stays mounted.
   ctrOk(['run', '-d', '--snapshotter', 'thinfuse', IMAGE, 'c2', '/bin/sh', '-c', 'sleep 600']);
@@ -111,7 +127,7 @@ test.serial('containerd: image import and ctr run --rm through the thinfuse prox
   while (!/STOPPED/.test(ctrOk(['task', 'ls'])) && Date.now() < dead) await sleep(200);
   ctrOk(['task', 'rm', 'c2']);
   ctrOk(['container', 'rm', 'c2']);
-  t.deepEqual(devices(env.pool), ['layer/base', 'layer/ctd-1', 'layer/ctd-2'], "container rm removed c2's snapshot");
+  t.deepEqual(await settledDevices(env.pool, layers), layers, "container rm removed c2's snapshot (in containerd's gc)");
 
   // 4. image rm --sync: containerd's garbage collection removes the layers' snapshots.
   ctrOk(['image', 'rm', '--sync', IMAGE]);
@@ -120,7 +136,7 @@ test.serial('containerd: image import and ctr run --rm through the thinfuse prox
   const gcEnd = Date.now() + 60_000;
   while ((await client.list('')).length > 0 && Date.now() < gcEnd) await sleep(500);
   t.deepEqual(await client.list(''), [], "containerd's gc removed every snapshot");
-  t.deepEqual(devices(env.pool), ['layer/base']);
+  t.deepEqual(await settledDevices(env.pool, ['layer/base']), ['layer/base']);
   client.close();
 
   // 5. stop containerd, then the snapshotter; the pool checks clean.
