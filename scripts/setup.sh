@@ -13,7 +13,8 @@ die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
 
 # chromium: test/show.test.ts renders `thinfuse show`'s page headless and checks the screenshot.
 # prometheus: its promtool checks the text `serve --metrics` serves (test/ops-metrics.test.ts).
-PACKAGES=(thin-provisioning-tools xfsprogs e2fsprogs fuse libfuse2 util-linux fio g++ make python3 kmod patch busybox-static chromium prometheus)
+# containerd, runc: test/snapshotter-containerd.test.ts runs `ctr run` through `thinfuse snapshotter`.
+PACKAGES=(thin-provisioning-tools xfsprogs e2fsprogs fuse libfuse2 util-linux fio g++ make python3 kmod patch busybox-static chromium prometheus containerd runc)
 # Wait for a dpkg lock held by another apt run instead of failing.
 APT=(apt-get -o DPkg::Lock::Timeout=300)
 
