@@ -54,7 +54,11 @@ test.serial('a dead owner\'s mount, loop device, process and directory are swept
 
   t.false(fs.existsSync(dead), 'the dead owner\'s directory is removed');
   t.falsy(mountAt(path.join(dead, 'fs')), 'its mount is gone');
-  t.false(loopList().some(([d]) => d === dev), 'its loop device is detached');
+  // By backing file, not name: a test running beside this one may take the freed loop number at once;
+  // and the kernel lets go of a detached loop device a moment after losetup -d returns.
+  const deadLoop = () => loopList().some(([d, f]) => d === dev && f.startsWith(`${dead}/`));
+  for (let i = 0; i < 100 && deadLoop(); i++) await new Promise((r) => setTimeout(r, 50));
+  t.false(deadLoop(), 'its loop device is detached');
   t.true(waitGoneSync(pid, 5_000), 'its recorded process is stopped');
   t.true(fs.existsSync(path.join(live, 'keep')), 'a live owner\'s directory is left alone');
 });
