@@ -207,6 +207,12 @@ export class FileBacking implements BackingFile {
   }
 }
 
+/** The size of a file, or of a block device (which stat gives as 0). */
+export function fileBytes(path: string): number {
+  const st = fs.statSync(path);
+  return st.isBlockDevice() ? blockDeviceBytes(path, st.rdev) : st.size;
+}
+
 /** A block device's size in bytes, from /sys/dev/block/MAJ:MIN/size (512-byte sectors). */
 function blockDeviceBytes(path: string, rdev: number): number {
   try {

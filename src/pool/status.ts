@@ -71,12 +71,23 @@ export function poolStatus(pool: Pool): PoolStatus {
   };
 }
 
+/** What dm prints after `0 LEN thin-pool ` for the pool (the kernel's trailing space included). */
+export function poolStatusText(s: PoolStatus): string {
+  if (s.mode === 'fail') return 'Fail';
+  return `${s.transactionId} ${s.metadata.used}/${s.metadata.total} ${s.data.used}/${s.data.total} ` +
+    `${s.heldRoot ?? '-'} ${s.mode} ${s.discard} ${s.noSpace} ${s.needsCheck ? 'needs_check' : '-'} ${s.metadataLowWater} `;
+}
+
+/** What dm prints after `0 LEN thin ` for a thin device of the pool; undefined status: not in the pool. */
+export function thinStatusText(s: PoolStatus, d: PoolStatus['devices'][number] | undefined): string {
+  if (s.mode === 'fail') return 'Fail';
+  if (!d || d.error) return 'Error';
+  return `${d.mappedSectors} ${d.highestSector ?? '-'}`;
+}
+
 export function statusLines(s: PoolStatus): string[] {
   const len = (s.data.total * s.blockSize) / SECTOR;
-  const pool = s.mode === 'fail'
-    ? `${s.name}: 0 ${len} thin-pool Fail`
-    : `${s.name}: 0 ${len} thin-pool ${s.transactionId} ${s.metadata.used}/${s.metadata.total} ${s.data.used}/${s.data.total} ` +
-      `${s.heldRoot ?? '-'} ${s.mode} ${s.discard} ${s.noSpace} ${s.needsCheck ? 'needs_check' : '-'} ${s.metadataLowWater} `;
-  const thins = s.devices.map((d) => `${d.name}: 0 ${d.sectors} thin ` + (s.mode === 'fail' ? 'Fail' : d.error ? 'Error' : `${d.mappedSectors} ${d.highestSector ?? '-'}`));
+  const pool = `${s.name}: 0 ${len} thin-pool ${poolStatusText(s)}`;
+  const thins = s.devices.map((d) => `${d.name}: 0 ${d.sectors} thin ${thinStatusText(s, d)}`);
   return [pool, ...thins];
 }

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ThinError } from '../../base/errors.js';
+import { fileBytes } from '../../io/file-backing.js';
 import { type PoolConfig, defaultConfig, writeConfig } from '../../pool/config.js';
 import { callOp } from '../cli/session.js';
 import { detachLoop, flushBuffers, fsfreeze } from '../system/loop.js';
@@ -62,7 +63,7 @@ async function createPool(c: Ctx, name: string, t: PoolTable): Promise<void> {
       throw dmError('DEV_BUSY', 'reload', name, 'EBUSY', `thin-pool: ${meta.path} or ${data.path} is already in use by pool ${other.name}`);
     }
   }
-  const dataBytes = fs.statSync(data.path).isBlockDevice() ? sizeOf(data.path) : fs.statSync(data.path).size;
+  const dataBytes = fileBytes(data.path);
   const want = Math.floor(t.lenSectors / t.blockSectors) * t.blockSectors * 512;
   if (dataBytes < t.lenSectors * 512) throw dmError('EINVAL_ARG', 'reload', name, 'EINVAL', `thin-pool: the data device has ${dataBytes / 512} sectors, less than the table's ${t.lenSectors}`);
   const blank = metadataIsBlank(meta.path);
@@ -145,7 +146,7 @@ export async function reload(c: Ctx, name: string, tableText: string): Promise<v
   }
 }
 
-function thinsOf(c: Ctx, poolName: string): Array<DmDevice & { table: ThinTable }> {
+export function thinsOf(c: Ctx, poolName: string): Array<DmDevice & { table: ThinTable }> {
   return Object.values(c.state.devices).filter((d) => d.table.target === 'thin' && poolNameOf(c.state, d.table.poolDev, c.devDir) === poolName) as never;
 }
 
@@ -280,9 +281,4 @@ export function nameOf(c: Ctx, dev: string, ioctl: string): string {
   if (name === undefined) throw noDevice(ioctl, dev);
   if (c.down?.has(name) && ioctl !== 'remove') throw dmError('DEV_MISSING', ioctl, name, 'ENXIO', `${name} is not active (see the warning above); remove it, or bring its devices back`);
   return name;
-}
-
-function sizeOf(dev: string): number {
-  const n = devNoOf(dev);
-  return Number(fs.readFileSync(`/sys/dev/block/${n.major}:${n.minor}/size`, 'utf8').trim()) * 512;
 }

@@ -69,11 +69,7 @@ export function poolNode(devDir: string, name: string, d: DmDevice & { table: Po
     makeNode(devDir, name, devNoOf(data));
     return;
   }
-  if (!d.poolLoop || loopBackingFile(d.poolLoop) !== data) {
-    const r = spawnSync('losetup', ['--find', '--show', '--read-only', data], { encoding: 'utf8' });
-    if (r.status !== 0) throw new ThinError('IO_ERROR', `losetup --read-only ${data}: ${r.stderr.trim()}`);
-    d.poolLoop = r.stdout.trim();
-  }
+  if (!d.poolLoop || loopBackingFile(d.poolLoop) !== data) d.poolLoop = attachLoop(data, undefined, true);
   makeNode(devDir, name, devNoOf(d.poolLoop));
 }
 

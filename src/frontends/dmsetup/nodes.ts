@@ -1,7 +1,7 @@
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { type DevNo, devNoText, splitDevNo } from '../../base/devno.js';
+import { fsNative } from '../../io/fs-native.js';
 import { mounts } from '../system/loop.js';
 import { dmError } from './errors.js';
 
@@ -55,7 +55,7 @@ export function makeNode(dir: string, name: string, target: DevNo): void {
   fs.mkdirSync(dir, { recursive: true });
   const p = nodePath(dir, name);
   fs.rmSync(p, { force: true });
-  execFileSync('mknod', ['-m', '0660', p, 'b', String(target.major), String(target.minor)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  fsNative.mknod(p, fs.constants.S_IFBLK | 0o660, target.major, target.minor);
 }
 
 export function removeNode(dir: string, name: string): void {

@@ -1,9 +1,9 @@
 import fs from 'node:fs';
 import { type DevNo, devNoText } from '../../base/devno.js';
-import type { PoolStatus } from '../../pool/status.js';
+import { type PoolStatus, poolStatusText, thinStatusText } from '../../pool/status.js';
 import { callOp } from '../cli/session.js';
 import type { Ctx } from './commands.js';
-import { nameOf } from './commands.js';
+import { nameOf, thinsOf } from './commands.js';
 import { poolNameOf } from './lifecycle.js';
 import { devNoOf, nodePath, openers, readAheadSectors } from './nodes.js';
 import type { DmDevice } from './state.js';
@@ -87,20 +87,9 @@ export async function status(c: Ctx, name?: string): Promise<string[]> {
 }
 
 async function statusLine(c: Ctx, d: DmDevice, of: (pool: string) => Promise<PoolStatus>): Promise<string> {
-  if (d.table.target === 'thin-pool') {
-    const s = await of(d.name);
-    const head = `0 ${d.table.lenSectors} thin-pool `;
-    if (s.mode === 'fail') return `${head}Fail`;
-    return `${head}${s.transactionId} ${s.metadata.used}/${s.metadata.total} ${s.data.used}/${s.data.total} ` +
-      `${s.heldRoot ?? '-'} ${s.mode} ${s.discard} ${s.noSpace} ${s.needsCheck ? 'needs_check' : '-'} ${s.metadataLowWater} `;
-  }
-  const t = d.table as ThinTable;
-  const s = await of(poolNameOf(c.state, t.poolDev, c.devDir));
-  const head = `0 ${t.lenSectors} thin `;
-  if (s.mode === 'fail') return `${head}Fail`;
-  const dev = s.devices.find((x) => x.name === d.name);
-  if (!dev || dev.error) return `${head}Error`;
-  return `${head}${dev.mappedSectors} ${dev.highestSector ?? '-'}`;
+  if (d.table.target === 'thin-pool') return `0 ${d.table.lenSectors} thin-pool ${poolStatusText(await of(d.name))}`;
+  const s = await of(poolNameOf(c.state, d.table.poolDev, c.devDir));
+  return `0 ${d.table.lenSectors} thin ${thinStatusText(s, s.devices.find((x) => x.name === d.name))}`;
 }
 
 /** The event number: the pool's low-water and mode-change events, counted across daemon restarts. */
@@ -115,9 +104,7 @@ export async function info(c: Ctx, name?: string): Promise<string[]> {
   const lines: string[] = [];
   for (const d of devs) {
     const n = numbersOf(c, d);
-    const open = d.table.target === 'thin-pool'
-      ? Object.values(c.state.devices).filter((t) => t.table.target === 'thin' && poolNameOf(c.state, t.table.poolDev, c.devDir) === d.name).length
-      : openers(n);
+    const open = d.table.target === 'thin-pool' ? thinsOf(c, d.name).length : openers(n);
     lines.push(
       `Name:              ${d.name}`,
       `State:             ${d.suspended ? 'SUSPENDED' : 'ACTIVE'}${d.table.target === 'thin-pool' && d.table.features.includes('read_only') ? ' (READ-ONLY)' : ''}`,

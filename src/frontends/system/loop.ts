@@ -32,9 +32,10 @@ function runAsync(cmd: string, args: string[]): Promise<string> {
   });
 }
 
-export function attachLoop(file: string, directIo?: boolean): string {
+export function attachLoop(file: string, directIo?: boolean, readOnly = false): string {
   const args = ['--find', '--show'];
   if (directIo !== undefined) args.push(`--direct-io=${directIo ? 'on' : 'off'}`);
+  if (readOnly) args.push('--read-only');
   return run('losetup', [...args, file]).trim();
 }
 
