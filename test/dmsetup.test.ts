@@ -90,6 +90,22 @@ class Lab {
     return JSON.parse(fs.readFileSync(path.join(this.work, 'state', 'state.json'), 'utf8'));
   }
 
+  /** `blocks` random 64 KiB blocks written to thin and fsynced; the file holding them. */
+  writePattern(blocks: number): string {
+    const file = path.join(this.work, 'pattern');
+    ok(sh('dd', ['if=/dev/urandom', `of=${file}`, 'bs=64K', `count=${blocks}`, 'status=none']), 'dd');
+    ok(sh('dd', [`if=${file}`, `of=${this.node('thin')}`, 'bs=64K', 'oflag=direct', 'conv=fsync', 'status=none']), 'dd');
+    return file;
+  }
+
+  /** kill -9 of the pool's daemon; resolves once it is gone. Returns its pid. */
+  async killPoolDaemon(): Promise<number> {
+    const pid = this.state().devices.pool!.pid!;
+    process.kill(pid, 'SIGKILL');
+    while (fs.existsSync(`/proc/${pid}`) && !/\) [ZX] /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))) await sleep(20);
+    return pid;
+  }
+
   mount(dev: string, dir: string): void {
     fs.mkdirSync(dir, { recursive: true });
     ok(sh('mount', [dev, dir]), `mount ${dev}`);
@@ -304,12 +320,8 @@ test.serial('reload with a longer table, then resume, grows the pool; the thin f
 test.serial('a kill -9 of the pool daemon: the next command serves the pool again, data intact', async (t) => {
   const lab = new Lab(t);
   const { meta } = lab.poolWithThin();
-  const file = path.join(lab.work, 'pattern');
-  ok(sh('dd', ['if=/dev/urandom', `of=${file}`, 'bs=64K', 'count=8', 'status=none']), 'dd');
-  ok(sh('dd', [`if=${file}`, `of=${lab.node('thin')}`, 'bs=64K', 'oflag=direct', 'conv=fsync', 'status=none']), 'dd');
-  const pid = lab.state().devices.pool!.pid!;
-  process.kill(pid, 'SIGKILL');
-  while (fs.existsSync(`/proc/${pid}`) && !/\) [ZX] /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))) await sleep(20);
+  const file = lab.writePattern(8);
+  const pid = await lab.killPoolDaemon();
   const ls = lab.dm('ls');
   t.is(ls.status, 0, ls.stderr);
   t.regex(ls.stdout, /^pool\t\(\d+:\d+\)\nthin\t\(\d+:\d+\)\n$/);
@@ -334,12 +346,8 @@ test.serial('where a kernel device-mapper is present, thinfuse dmsetup refuses a
 test.serial('after a reboot: a pool whose loop devices are gone is not listed, and comes back once they are', async (t) => {
   const lab = new Lab(t);
   const { meta, data } = lab.poolWithThin();
-  const file = path.join(lab.work, 'pattern');
-  ok(sh('dd', ['if=/dev/urandom', `of=${file}`, 'bs=64K', 'count=4', 'status=none']), 'dd');
-  ok(sh('dd', [`if=${file}`, `of=${lab.node('thin')}`, 'bs=64K', 'oflag=direct', 'conv=fsync', 'status=none']), 'dd');
-  const pid = lab.state().devices.pool!.pid!;
-  process.kill(pid, 'SIGKILL');
-  while (fs.existsSync(`/proc/${pid}`) && !/\) [ZX] /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))) await sleep(20);
+  const file = lab.writePattern(4);
+  await lab.killPoolDaemon();
   // What a reboot leaves: the pool's loop devices no longer attached.
   ok(sh('losetup', ['-d', meta, data]), 'losetup -d');
   while (fs.existsSync(`/sys/block/${path.basename(meta)}/loop`) || fs.existsSync(`/sys/block/${path.basename(data)}/loop`)) await sleep(20);
